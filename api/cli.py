@@ -1,0 +1,104 @@
+"""The `todo-api` command: migrate, serve, check, psql."""
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+
+from api.main import configure_logging
+from api.settings import get_settings
+from db import safety
+from db.connection import PROJECT_ROOT, resolve_url, sqlalchemy_url
+from db.transaction import RUNTIME_ROLE
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="todo-api", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="apply the Alembic migrations (schema and policies.sql)")
+    serve = commands.add_parser("serve", help="check the database, then serve the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    commands.add_parser("check", help="verify that the database enforces per-user isolation")
+    psql = commands.add_parser("psql", help=f"open psql as {RUNTIME_ROLE} with a user's context")
+    psql.add_argument("--user", type=UUID, required=True, help="the user id (a UUID)")
+    args = parser.parse_args(argv)
+
+    configure_logging()
+    url = resolve_url(get_settings().neon_database_url)
+    if args.command == "migrate":
+        migrate(url)
+    elif args.command == "check":
+        sys.exit(0 if print_checks(url) else 1)
+    elif args.command == "serve":
+        if not print_checks(url):
+            sys.exit("todo-api: refusing to serve: this database does not enforce isolation.")
+        serve_api(url, args.host, args.port, args.workers)
+    elif args.command == "psql":
+        sys.exit(open_psql(url, args.user))
+
+
+def migrate(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.attributes["url"] = sqlalchemy_url(url)
+    command.upgrade(config, "head")
+
+
+def print_checks(url: str) -> bool:
+    """Print each check as it stands; True when all pass."""
+
+    async def run() -> list[safety.Check]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await safety.run_checks(conn)
+
+    try:
+        checks = asyncio.run(run())
+    except psycopg.OperationalError as error:
+        print(f"FAIL  database reachable: {error}".strip(), file=sys.stderr)
+        print("      fix: check NEON_DATABASE_URL and that the database is up", file=sys.stderr)
+        return False
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}")
+        if not check.ok:
+            print(f"      fix: {check.fix}")
+    return not safety.failures(checks)
+
+
+def serve_api(url: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    # Workers read the database from the environment; this hands them the one just checked
+    # (the embedded server keeps running while this process lives).
+    os.environ["NEON_DATABASE_URL"] = url
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+def open_psql(url: str, user_id: UUID) -> int:
+    """Interactive psql with the policies active for one user, as SPEC §4 shows."""
+    psql = shutil.which("psql") or _bundled_psql()
+    startup = (
+        f"SET ROLE {RUNTIME_ROLE};\n"
+        f"SELECT set_config('app.user_id', '{user_id}', false);\n"  # a UUID: parsed above
+        f"\\set PROMPT1 '{RUNTIME_ROLE} as {user_id}=> '\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".psqlrc") as rc:
+        rc.write(startup)
+        rc.flush()
+        return subprocess.call([psql, url], env={**os.environ, "PSQLRC": rc.name})
+
+
+def _bundled_psql() -> str:
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")

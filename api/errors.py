@@ -1,0 +1,182 @@
+"""Every error leaves as application/problem+json (RFC 9457) with an error_code.
+
+Nothing internal reaches a response: no stack trace, SQL, or exception text.
+"""
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger("todo.api")
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = "2"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    error_code: str
+    field_errors: list[FieldError] | None = None
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        error_code: str,
+        detail: str,
+        field_errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        self.status, self.error_code, self.detail = status, error_code, detail
+        self.field_errors, self.headers = field_errors, headers
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "NOT_FOUND", "No todo with this id exists for this user.")
+
+
+def problem(error: ApiError) -> JSONResponse:
+    body = Problem(
+        title=HTTPStatus(error.status).phrase,
+        status=error.status,
+        detail=error.detail,
+        error_code=error.error_code,
+        field_errors=error.field_errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=error.status,
+        headers=error.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def _from_validation(errors: list[dict[str, Any]]) -> ApiError:
+    """Map FastAPI's validation errors to the error table of SPEC §5."""
+    for error in errors:
+        source, *path = error["loc"]
+        if source == "path":
+            return ApiError(400, "INVALID_TODO_ID", "The todo id in the path must be a UUID.")
+        if source == "body" and error["type"] == "json_invalid":
+            return ApiError(400, "MALFORMED_BODY", "The request body is not valid JSON.")
+        if source == "body" and not path:
+            if isinstance(error.get("input"), bytes):
+                return ApiError(
+                    415,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    "Send the body as JSON, with Content-Type: application/json.",
+                )
+            return ApiError(400, "MALFORMED_BODY", "The request body must be a JSON object.")
+    field_errors = [
+        FieldError(field=".".join(str(part) for part in error["loc"][1:]), message=error["msg"])
+        for error in errors
+    ]
+    return ApiError(
+        422, "VALIDATION_ERROR", "Some fields are invalid; see field_errors.", field_errors
+    )
+
+
+HTTP_ERRORS = {
+    400: ("MALFORMED_BODY", "The request body could not be read as JSON."),
+    404: ("NOT_FOUND", "There is nothing at this path."),
+    405: ("METHOD_NOT_ALLOWED", "This method is not allowed on this path."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is larger than 64 KiB."),
+}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return problem(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return problem(_from_validation(error.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code, detail = HTTP_ERRORS.get(error.status_code, ("HTTP_ERROR", str(error.detail)))
+        return problem(ApiError(error.status_code, code, detail, headers=error.headers))
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", error.__class__.__name__)
+        return problem(
+            ApiError(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "The database is unreachable or too slow right now; retry shortly.",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(ApiError(500, "INTERNAL_ERROR", "Something went wrong on our side."))
+
+
+EXAMPLES = {
+    400: ("INVALID_USER_ID", "X-User-ID must be a UUID."),
+    404: ("NOT_FOUND", "No todo with this id exists for this user."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is larger than 64 KiB."),
+    415: ("UNSUPPORTED_MEDIA_TYPE", "Send the body as JSON, with Content-Type: application/json."),
+    422: ("VALIDATION_ERROR", "Some fields are invalid; see field_errors."),
+    500: ("INTERNAL_ERROR", "Something went wrong on our side."),
+    503: (
+        "SERVICE_UNAVAILABLE",
+        "The database is unreachable or too slow right now; retry shortly.",
+    ),
+}
+DESCRIPTIONS = {
+    400: "MISSING_USER_CONTEXT, INVALID_USER_ID, INVALID_TODO_ID or MALFORMED_BODY",
+    404: "NOT_FOUND: no such todo for this user (someone else's todo answers the same)",
+    413: "PAYLOAD_TOO_LARGE: body over 64 KiB",
+    415: "UNSUPPORTED_MEDIA_TYPE: body not sent as JSON",
+    422: "VALIDATION_ERROR: see field_errors",
+    500: "INTERNAL_ERROR",
+    503: "SERVICE_UNAVAILABLE: database unreachable or timing out; retry after Retry-After seconds",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, as problem+json with an example."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        code, detail = EXAMPLES[status]
+        example = Problem(
+            title=HTTPStatus(status).phrase, status=status, detail=detail, error_code=code
+        ).model_dump(exclude_none=True)
+        if status == 422:
+            example["field_errors"] = [{"field": "title", "message": "Field required"}]
+        entry: dict[str, Any] = {
+            "description": DESCRIPTIONS[status],
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": example,
+                }
+            },
+        }
+        if status == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+            }
+        documented[status] = entry
+    return documented

@@ -1,0 +1,68 @@
+"""The FastAPI application."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from api import errors
+from api.routes import ops, router
+from api.settings import Settings, get_settings
+from db.connection import open_pool, resolve_url
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    configure_logging()
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool = open_pool(
+            resolve_url(settings.neon_database_url),
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            connect_timeout=settings.db_connect_timeout_s,
+            prepare_threshold=settings.prepare_threshold,
+        )
+        await pool.open(wait=False)
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="Todo API",
+        version="1.0.0",
+        description="Per-user todos; isolation is enforced by PostgreSQL Row-Level Security.",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(router)
+    app.include_router(ops)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document, plus the Problem schema that every error response refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        problem = errors.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(problem.pop("$defs"))
+        components["Problem"] = problem
+        app.openapi_schema = schema
+    return app.openapi_schema

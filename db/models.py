@@ -1,0 +1,123 @@
+"""Tables (SQLModel) and the API schemas beside them.
+
+The tables mirror migrations/versions; the schemas are what the API reads and writes.
+Request schemas reject unknown fields, so `id`, `user_id` and timestamps are never accepted.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+import sqlmodel
+from pydantic import AfterValidator, ConfigDict, Field, Strict, field_serializer
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, String, func, text
+from sqlmodel import SQLModel
+
+TITLE_MAX = 255
+DESCRIPTION_MAX = 2000
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = sqlmodel.Field(primary_key=True)
+    created_at: datetime = sqlmodel.Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+
+
+class Todo(SQLModel, table=True):
+    __tablename__ = "todos"
+    __table_args__ = (
+        CheckConstraint("btrim(title) <> ''", name="todos_title_not_blank"),
+        Index("todos_user_created_idx", "user_id", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: uuid.UUID = sqlmodel.Field(
+        primary_key=True, sa_column_kwargs={"server_default": text("gen_random_uuid()")}
+    )
+    user_id: uuid.UUID = sqlmodel.Field(foreign_key="users.id", ondelete="CASCADE", nullable=False)
+    title: str = sqlmodel.Field(sa_column=Column(String(TITLE_MAX), nullable=False))
+    description: str | None = sqlmodel.Field(
+        sa_column=Column(String(DESCRIPTION_MAX), nullable=True)
+    )
+    is_completed: bool = sqlmodel.Field(
+        default=False, sa_column_kwargs={"server_default": text("false")}
+    )
+    created_at: datetime = sqlmodel.Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+    updated_at: datetime = sqlmodel.Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Title = Annotated[
+    str,
+    Field(min_length=1, max_length=TITLE_MAX, examples=["Buy milk"]),
+    AfterValidator(_not_blank),
+    AfterValidator(_storable),
+]
+Description = Annotated[
+    str,
+    Field(max_length=DESCRIPTION_MAX, examples=["2 litres, semi-skimmed"]),
+    AfterValidator(_storable),
+]
+Completed = Annotated[bool, Strict()]
+
+
+class TodoCreate(SQLModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title
+    description: Description | None = None
+    is_completed: Completed = False
+
+
+class TodoUpdate(SQLModel):
+    """Partial update: an omitted field is unchanged. `title` and `is_completed` cannot be null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Title = None  # type: ignore[assignment]  # omitted = unchanged; null is rejected
+    description: Description | None = None
+    is_completed: Completed = None  # type: ignore[assignment]
+
+
+class TodoPublic(SQLModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    title: str
+    description: str | None
+    is_completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @field_serializer("created_at", "updated_at")
+    def _in_utc(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat()
+
+
+class TodoList(SQLModel):
+    items: list[TodoPublic]
+    count: int = Field(description="Number of items in this response.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page or without `limit`."
+    )

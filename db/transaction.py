@@ -1,0 +1,43 @@
+"""The per-request transaction: the one place a request touches the database."""
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+RUNTIME_ROLE = "todo_app"
+
+# First statement of every transaction. Bind parameters, never string formatting;
+# `true` makes each setting transaction-local, so nothing outlives the transaction.
+SET_CONTEXT = """
+SELECT set_config('role', %s, true),
+       set_config('app.user_id', %s, true),
+       set_config('statement_timeout', %s, true)
+"""
+
+Statement = tuple[str, Sequence[Any]]
+
+
+class Transaction:
+    """One request's database work, run as `todo_app` on behalf of one user."""
+
+    def __init__(self, pool: AsyncConnectionPool, user_id: UUID, statement_timeout_ms: int):
+        self.pool = pool
+        self.user_id = user_id
+        self._context = (RUNTIME_ROLE, str(user_id), str(statement_timeout_ms))
+
+    async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
+        """Run the statements in one transaction and return the rows of the last one.
+
+        The commit happens before this returns, so a caller that answers afterwards
+        answers about durable data. Any error rolls the whole transaction back.
+        """
+        async with self.pool.connection() as conn:
+            async with conn.transaction():
+                await conn.execute(SET_CONTEXT, self._context)
+                for sql, params in statements:
+                    cursor = conn.cursor(row_factory=dict_row)
+                    await cursor.execute(sql, params)
+            return await cursor.fetchall()
