@@ -1,0 +1,86 @@
+"""Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or the embedded one), a fresh database
+per run created with sqlalchemy-utils and dropped afterwards, and the app in front of it."""
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import make_url
+from sqlalchemy_utils import create_database, drop_database
+
+from api.cli import migrate
+from api.main import create_app
+from api.settings import Settings
+from db.connection import PROJECT_ROOT, normalize_url, sqlalchemy_url, start_embedded
+
+
+def with_url(url: str, **parts: str) -> str:
+    """`url` with some of its parts (database, username, ...) replaced."""
+    return make_url(url).set(**parts).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    """A superuser URL to the cluster the tests use."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return normalize_url(url)
+    return start_embedded(PROJECT_ROOT / ".data" / "test-postgres")
+
+
+@pytest.fixture(scope="session")
+def make_database(server_url: str) -> Iterator[Callable[..., str]]:
+    """Creates a fresh database (migrated unless told not to); all are dropped at the end."""
+    created: list[str] = []
+
+    def make(*, migrated: bool = True, owner: str | None = None) -> str:
+        url = with_url(server_url, database=f"todo_test_{uuid.uuid4().hex[:12]}")
+        create_database(sqlalchemy_url(url))
+        created.append(url)
+        if owner:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f'ALTER DATABASE "{make_url(url).database}" OWNER TO "{owner}"')
+            url = with_url(url, username=owner)
+        if migrated:
+            migrate(url)
+        return url
+
+    yield make
+    for url in created:
+        drop_database(sqlalchemy_url(url))
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[..., str]) -> str:
+    """The run's migrated database, connected to as the superuser (or TEST_DATABASE_URL's role)."""
+    return make_database()
+
+
+def app_client(url: str) -> TestClient:
+    return TestClient(create_app(Settings(neon_database_url=url)))
+
+
+@pytest.fixture(scope="session")
+def client(database_url: str) -> Iterator[TestClient]:
+    with app_client(database_url) as test_client:
+        yield test_client
+
+
+def new_user() -> dict[str, str]:
+    """Headers of a brand-new caller."""
+    return {"X-User-ID": str(uuid.uuid4())}
+
+
+@pytest.fixture
+def user() -> dict[str, str]:
+    return new_user()
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[psycopg.Connection]:
+    """A direct connection to the run's database, outside the app."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
