@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from psycopg.abc import Query
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,7 +18,7 @@ SELECT set_config('role', %s, true),
        set_config('statement_timeout', %s, true)
 """
 
-Statement = tuple[str, Sequence[Any]]
+Statement = tuple[Query, Sequence[Any]]
 
 
 class Transaction:
@@ -31,13 +32,23 @@ class Transaction:
     async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
         """Run the statements in one transaction and return the rows of the last one.
 
-        The commit happens before this returns, so a caller that answers afterwards
+        BEGIN, the context, the statements and COMMIT go out in one pipeline: one round trip.
+        The commit is confirmed before this returns, so a caller that answers afterwards
         answers about durable data. Any error rolls the whole transaction back.
         """
         async with self.pool.connection() as conn:
-            async with conn.transaction():
-                await conn.execute(SET_CONTEXT, self._context)
-                for sql, params in statements:
-                    cursor = conn.cursor(row_factory=dict_row)
-                    await cursor.execute(sql, params)
-            return await cursor.fetchall()
+            try:
+                # Explicit BEGIN/COMMIT: conn.transaction() would sync the pipeline at both ends.
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    await conn.execute(SET_CONTEXT, self._context)
+                    for sql, params in statements:
+                        cursor = conn.cursor(row_factory=dict_row)
+                        await cursor.execute(sql, params)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                # A failed statement makes the server skip the rest, COMMIT included.
+                if not conn.closed:
+                    await conn.rollback()
+                raise
+        return await cursor.fetchall()
