@@ -87,10 +87,13 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
 def open_psql(url: str, user_id: UUID) -> int:
     """Interactive psql with the policies active for one user, as SPEC §4 shows."""
     psql = shutil.which("psql") or _bundled_psql()
-    startup = (
+    startup = (  # user_id is a parsed UUID, safe to place in SQL
+        "\\set QUIET on\n"
         f"SET ROLE {RUNTIME_ROLE};\n"
-        f"SELECT set_config('app.user_id', '{user_id}', false);\n"  # a UUID: parsed above
-        f"\\set PROMPT1 '{RUNTIME_ROLE} as {user_id}=> '\n"
+        f"SELECT set_config('app.user_id', '{user_id}', false) \\g /dev/null\n"
+        "\\set QUIET off\n"
+        f"\\echo 'As {RUNTIME_ROLE} for user {user_id}: policies active.'\n"
+        f"\\set PROMPT1 '{RUNTIME_ROLE}:{user_id}=> '\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".psqlrc") as rc:
         rc.write(startup)

@@ -16,7 +16,8 @@ MAX_BODY_BYTES = 64 * 1024
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    for chatty in ("alembic.runtime.plugins", "pgserver"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

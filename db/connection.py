@@ -1,6 +1,7 @@
 """Which database, and the connection pool to it. Nothing outside db/ opens a connection."""
 
 import logging
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,7 +41,9 @@ def describe(url: str) -> str:
 def start_embedded(data_dir: Path = EMBEDDED_DATA) -> str:
     """Start (or join) the embedded PostgreSQL kept in `data_dir`; it stops when the last
     process using it exits. Returns its URL."""
-    import pgserver  # imported here: only the embedded case needs it
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
+        warnings.simplefilter("ignore")
+        import pgserver  # imported here: only the embedded case needs it
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     url = pgserver.get_server(data_dir).get_uri()
