@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
+from api.body_limit import BodySizeLimit
 from api.routes import ops, router
 from api.settings import Settings, get_settings
 from db.connection import open_pool, resolve_url
@@ -45,10 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Per-user todos; isolation is enforced by PostgreSQL Row-Level Security.",
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(router)
     app.include_router(ops)
     app.openapi = lambda: _openapi(app)
