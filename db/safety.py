@@ -27,7 +27,7 @@ class Check:
 
 
 def expected_policies() -> list[tuple[str, str]]:
-    """(table, policy) pairs that policies.sql creates."""
+    """(policy, table) pairs that policies.sql creates."""
     return re.findall(r"CREATE POLICY (\w+) ON (\w+)", POLICIES_SQL.read_text())
 
 
@@ -37,9 +37,12 @@ FROM pg_class c
 WHERE c.oid IN (to_regclass('public.users'), to_regclass('public.todos'))
 """
 POLICIES = """
-SELECT tablename, policyname, qual IS NOT NULL AND with_check IS NOT NULL AS both_clauses
-FROM pg_policies WHERE schemaname = 'public'
+SELECT tablename, policyname, permissive, roles, cmd, qual, with_check
+FROM pg_policies WHERE schemaname = 'public' AND tablename IN ('users', 'todos')
 """
+# The column that names a row's owner, and what every policy must compare it with.
+OWNER_COLUMN = {"users": "id", "todos": "user_id"}
+OWNER_TEST = "({} = ( SELECT current_app_user() AS current_app_user))"
 ROLE = "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s"
 
 
@@ -47,7 +50,7 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
     """Every check, in order; stops early where later checks would only repeat the cause."""
     async with conn.transaction():
         tables = {name: (rls, forced) for name, rls, forced in await _rows(conn, FACTS)}
-        policies = {(t, p): both for t, p, both in await _rows(conn, POLICIES)}
+        policies = {(row[0], row[1]): row[2:] for row in await _rows(conn, POLICIES)}
         role = await _rows(conn, ROLE, (RUNTIME_ROLE,))
 
     missing = [t for t in TABLES if t not in tables]
@@ -58,10 +61,26 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
         rls, forced = tables[table]
         checks.append(Check(f"RLS enabled on {table}", rls, REAPPLY_FIX))
         checks.append(Check(f"RLS forced on {table}", forced, REAPPLY_FIX))
-    for policy, table in expected_policies():
-        present = policies.get((table, policy), False)
+    expected = {(table, policy) for policy, table in expected_policies()}
+    for table, policy in sorted(expected):
+        test = OWNER_TEST.format(OWNER_COLUMN[table])
+        as_written = policies.get((table, policy)) == (
+            "PERMISSIVE",
+            [RUNTIME_ROLE],
+            "ALL",
+            test,
+            test,
+        )
         checks.append(
-            Check(f"policy {policy} on {table} (USING and WITH CHECK)", present, REAPPLY_FIX)
+            Check(f"policy {policy} on {table} as policies.sql writes it", as_written, REAPPLY_FIX)
+        )
+    for table, policy in sorted(policies.keys() - expected):
+        checks.append(
+            Check(
+                f"no policy on {table} beyond policies.sql: {policy}",
+                False,
+                "drop it, or write it into policies.sql",
+            )
         )
 
     checks.append(Check(f"role {RUNTIME_ROLE} exists", bool(role), NOT_MIGRATED_FIX))

@@ -1,0 +1,203 @@
+"""The startup self-check (SPEC §4): `check`, `serve` and /readyz refuse an unsafe database."""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import app_client, with_url
+
+from api import cli
+from api.settings import get_settings
+from db.safety import expected_policies
+
+UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2"
+
+MIGRATE = "todo-api migrate"
+# (statement that makes a fresh migrated database unsafe, the check that must fail, its fix)
+UNSAFE_TABLE_STATES = [
+    ("ALTER TABLE users DISABLE ROW LEVEL SECURITY", "RLS enabled on users", MIGRATE),
+    ("ALTER TABLE todos DISABLE ROW LEVEL SECURITY", "RLS enabled on todos", MIGRATE),
+    ("ALTER TABLE users NO FORCE ROW LEVEL SECURITY", "RLS forced on users", MIGRATE),
+    ("ALTER TABLE todos NO FORCE ROW LEVEL SECURITY", "RLS forced on todos", MIGRATE),
+    ("ALTER POLICY todos_own_rows ON todos USING (true)", "policy todos_own_rows", MIGRATE),
+    ("CREATE POLICY everyone ON users USING (true)", "policy on users beyond", "drop it"),
+] + [
+    (f"DROP POLICY {policy} ON {table}", f"policy {policy} on {table}", MIGRATE)
+    for policy, table in expected_policies()
+]
+
+
+def execute(url: str, sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def run_cli(*argv: str) -> SystemExit:
+    """Run `todo-api <argv>` in this process; every command ends in SystemExit here."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    return exit_info.value
+
+
+def failed_line(stdout: str, check_name: str) -> str:
+    """The FAIL line naming `check_name`; asserts that a `fix:` line follows it."""
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("FAIL") and check_name in line:
+            assert i + 1 < len(lines) and lines[i + 1].strip().startswith("fix:"), stdout
+            return lines[i + 1]
+    raise AssertionError(f"no FAIL line for {check_name!r} in:\n{stdout}")
+
+
+@pytest.fixture
+def use_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Points the CLI at a database through NEON_DATABASE_URL (get_settings is cached)."""
+
+    def use(url: str) -> None:
+        monkeypatch.setenv("NEON_DATABASE_URL", url)
+        get_settings.cache_clear()
+
+    get_settings.cache_clear()
+    yield use
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def no_uvicorn(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Replaces the server start (it would block); records each call instead."""
+    calls: list[tuple] = []
+    monkeypatch.setattr(cli, "serve_api", lambda *args: calls.append(args))
+    return calls
+
+
+@pytest.fixture
+def todo_app_bypasses_rls(server_url: str) -> Iterator[None]:
+    """todo_app WITH BYPASSRLS: cluster-wide, so it is always restored."""
+    try:
+        execute(server_url, "ALTER ROLE todo_app BYPASSRLS")
+        yield
+    finally:
+        execute(server_url, "ALTER ROLE todo_app NOBYPASSRLS")
+
+
+@pytest.fixture
+def unswitchable_role(server_url: str) -> Iterator[str]:
+    """A login role that owns nothing and is not a member of todo_app."""
+    role = f"todo_test_login_{uuid.uuid4().hex[:8]}"
+    execute(server_url, f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS')
+    try:
+        yield role
+    finally:
+        execute(server_url, f'DROP ROLE "{role}"')
+
+
+def assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys) -> str:
+    """Both commands refuse `url` because of `check_name`; returns the check's fix line."""
+    use_database(url)
+
+    assert run_cli("check").code == 1
+    fix = failed_line(capsys.readouterr().out, check_name)
+
+    refusal = run_cli("serve")
+    assert isinstance(refusal.code, str) and "refusing" in refusal.code
+    failed_line(capsys.readouterr().out, check_name)
+    assert no_uvicorn == []
+    return fix
+
+
+@pytest.mark.parametrize(("unsafe_sql", "check_name", "fix_says"), UNSAFE_TABLE_STATES)
+def test_unsafe_table_state_is_refused(
+    make_database, use_database, no_uvicorn, capsys, unsafe_sql, check_name, fix_says
+):
+    url = make_database()
+    execute(url, unsafe_sql)
+    fix = assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys)
+    assert fix_says in fix
+
+
+def test_todo_app_with_bypassrls_is_refused(
+    make_database, todo_app_bypasses_rls, use_database, no_uvicorn, capsys
+):
+    url = make_database()
+    fix = assert_check_and_serve_refuse(
+        url, "role todo_app cannot bypass RLS", use_database, no_uvicorn, capsys
+    )
+    assert "NOBYPASSRLS" in fix
+
+
+def test_role_that_cannot_switch_to_todo_app_is_refused(
+    make_database, unswitchable_role, use_database, no_uvicorn, capsys
+):
+    url = with_url(make_database(), username=unswitchable_role)
+    fix = assert_check_and_serve_refuse(
+        url, "can switch to todo_app", use_database, no_uvicorn, capsys
+    )
+    assert "GRANT todo_app" in fix
+
+
+def test_unmigrated_database_is_refused(make_database, use_database, no_uvicorn, capsys):
+    url = make_database(migrated=False)
+    fix = assert_check_and_serve_refuse(
+        url, "tables users and todos exist", use_database, no_uvicorn, capsys
+    )
+    assert "todo-api migrate" in fix
+
+
+def test_healthy_database_passes_every_check(database_url, use_database, capsys):
+    use_database(database_url)
+    assert run_cli("check").code == 0
+    lines = capsys.readouterr().out.splitlines()
+    # tables, RLS enabled and forced on two tables, the policies, the role's three checks
+    assert len(lines) == 1 + 4 + len(expected_policies()) + 3
+    assert all(line.startswith("ok  ") for line in lines), lines
+
+
+def test_serve_starts_the_server_on_a_healthy_database(database_url, use_database, no_uvicorn):
+    use_database(database_url)
+    cli.main(["serve"])
+    assert len(no_uvicorn) == 1
+
+
+def test_unreachable_database_fails_with_a_message(use_database, capsys):
+    use_database(UNREACHABLE_URL)
+    assert run_cli("check").code == 1
+    err = capsys.readouterr().err
+    assert "FAIL  database reachable" in err
+    assert "fix: check NEON_DATABASE_URL" in err
+    assert "Traceback" not in err
+
+
+def test_readyz_answers_503_on_an_unsafe_database(make_database):
+    url = make_database()
+    execute(url, "ALTER TABLE todos DISABLE ROW LEVEL SECURITY")
+    with app_client(url) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["error_code"] == "SERVICE_UNAVAILABLE"
+    assert "RLS enabled on todos" in response.json()["detail"]
+
+
+def test_readyz_answers_200_on_a_safe_database(database_url):
+    with app_client(database_url) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+def test_console_script_check_passes_on_a_healthy_database(database_url):
+    script = Path(sys.executable).parent / "todo-api"
+    result = subprocess.run(
+        [str(script), "check"],
+        env={**os.environ, "NEON_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
