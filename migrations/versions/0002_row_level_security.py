@@ -30,6 +30,7 @@ def downgrade() -> None:
         ALTER TABLE todos NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
         ALTER TABLE users NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
         REVOKE ALL ON todos, users FROM todo_app;
+        REVOKE USAGE ON SCHEMA public FROM todo_app;
         DROP FUNCTION current_app_user();
         """
     )
