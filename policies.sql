@@ -44,7 +44,8 @@ CREATE OR REPLACE FUNCTION current_app_user() RETURNS uuid
 GRANT EXECUTE ON FUNCTION current_app_user() TO todo_app;
 
 -- 5. RLS on, and forced, so even the tables' owner is subject to it (a superuser never is:
---    never serve as one). No policy names the owner, so the owner without the switch sees nothing.
+--    never serve as one). The policies name only todo_app (and so its members), so any
+--    role without a user set sees nothing.
 ALTER TABLE users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE users FORCE ROW LEVEL SECURITY;
 ALTER TABLE todos ENABLE ROW LEVEL SECURITY;

@@ -1,0 +1,126 @@
+"""Serving as a non-superuser database owner, like Neon's `neondb_owner`: the owner migrates,
+the self-check passes, the API keeps users apart, and the owner itself is held by forced RLS."""
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import app_client, new_user, with_url
+from psycopg import sql
+from psycopg.errors import InsufficientPrivilege
+from sqlalchemy.engine import make_url
+
+from api.cli import migrate, print_checks
+
+TODOS = "/api/v1/todos"
+
+
+def as_superuser(url: str, database_url: str) -> str:
+    """`url`'s database, logged in as the superuser of `database_url`."""
+    return with_url(url, username=make_url(database_url).username)
+
+
+def count(conn: psycopg.Connection, table: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+    return conn.execute(query).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def owner(database_url: str) -> Iterator[str]:
+    """A plain-SQL login role with CREATEROLE, no superuser, no BYPASSRLS."""
+    role = f"todo_owner_{uuid.uuid4().hex[:8]}"
+    password = make_url(database_url).password
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create = sql.SQL("CREATE ROLE {} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS").format(
+            sql.Identifier(role)
+        )
+        if password:  # make_database's URL for the owner keeps the superuser's password
+            create += sql.SQL(" PASSWORD {}").format(sql.Literal(password))
+        conn.execute(create)
+        # todo_app belongs to the cluster and was already created by the superuser migrating the
+        # run's database, so this owner did not create it and (since PostgreSQL 16) may not grant
+        # it to itself: the README's "runtime role is not the one that created todo_app" case.
+        conn.execute(sql.SQL("GRANT todo_app TO {}").format(sql.Identifier(role)))
+    yield role
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="module")
+def owner_url(owner: str, make_database, database_url: str) -> Iterator[str]:
+    """A fresh database owned by `owner`, migrated by `owner` itself; the URL logs in as it."""
+    url = make_database(migrated=False, owner=owner)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        # make_database drops the database at session end, after `owner` must be gone: hand
+        # everything the role owns there (the database included) to the superuser first.
+        with psycopg.connect(as_superuser(url, database_url), autocommit=True) as conn:
+            role = sql.Identifier(owner)
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+
+
+@pytest.fixture(scope="module")
+def client(owner_url: str):
+    with app_client(owner_url) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def owner_conn(owner_url: str) -> Iterator[psycopg.Connection]:
+    """The owner, connected directly, without switching to todo_app."""
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def admin_conn(owner_url: str, database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(as_superuser(owner_url, database_url), autocommit=True) as conn:
+        yield conn
+
+
+def test_the_owner_role_is_neither_superuser_nor_bypassrls(admin_conn, owner):
+    row = admin_conn.execute(
+        "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", (owner,)
+    ).fetchone()
+    assert row == (False, False)
+
+
+def test_the_owner_ran_the_migrations(admin_conn, owner):
+    owners = admin_conn.execute(
+        "SELECT tablename, tableowner FROM pg_tables WHERE tablename IN ('users', 'todos')"
+    ).fetchall()
+    assert sorted(owners) == [("todos", owner), ("users", owner)]
+
+
+def test_the_self_check_passes(owner_url):
+    assert print_checks(owner_url) is True
+
+
+def test_the_api_keeps_users_apart(client):
+    a, b = new_user(), new_user()
+    created = client.post(TODOS, json={"title": "A's secret"}, headers=a)
+    assert created.status_code == 201
+    location = created.headers["location"]
+
+    assert client.get(location, headers=b).status_code == 404
+    assert client.get(TODOS, headers=b).json()["items"] == []
+    assert client.patch(location, json={"title": "mine"}, headers=b).status_code == 404
+    assert client.delete(location, headers=b).status_code == 404
+    assert client.get(location, headers=a).json() == created.json()
+
+
+def test_the_owner_without_the_switch_sees_no_rows(client, owner_conn, admin_conn):
+    assert client.post(TODOS, json={"title": "hidden"}, headers=new_user()).status_code == 201
+    assert count(admin_conn, "todos") > 0  # the rows are there...
+    assert count(admin_conn, "users") > 0
+    assert count(owner_conn, "todos") == 0  # ...but forced RLS hides them from their owner
+    assert count(owner_conn, "users") == 0
+
+
+def test_the_owner_without_the_switch_cannot_write(owner_conn):
+    with pytest.raises(InsufficientPrivilege, match="row-level security"):
+        owner_conn.execute("INSERT INTO users (id) VALUES (%s)", (str(uuid.uuid4()),))
