@@ -1,0 +1,132 @@
+"""A private PostgreSQL cluster that a test starts, stops and kills: only its own.
+
+By default it runs the binaries that ship with pgserver (no TLS support); pass
+`bindir=system_bindir()` for the system's PostgreSQL, which is built with OpenSSL.
+PostgreSQL refuses to run as root, so as root it runs as an unprivileged system user.
+"""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PGSERVER_USER = "pgserver"  # created by pgserver when it first runs as root
+
+
+def pgserver_bindir() -> Path:
+    import pgserver
+
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def system_bindir() -> Path | None:
+    """The newest system PostgreSQL's bin directory (Debian layout), if one is installed."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return candidates[-1].parent if candidates else None
+
+
+def require(thing: object, why: str) -> None:
+    """Fail in CI, skip elsewhere: a developer machine may lack a system tool; CI installs it."""
+    if thing:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide {why}")
+    pytest.skip(f"needs {why}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PrivateCluster:
+    """initdb into a temporary directory; listens on 127.0.0.1:<free port>, trust auth."""
+
+    def __init__(self, bindir: Path | None = None, conf: dict[str, str] | None = None):
+        self.bindir = bindir or pgserver_bindir()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="todo-cluster-"))
+        self.data = self.root / "data"
+        self.user = self._os_user()
+        if self.user:
+            shutil.chown(self.root, self.user, self.user)
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "on",
+            **(conf or {}),
+        }
+        with open(self.data / "postgresql.conf", "a") as conf_file:
+            conf_file.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def url(self, database: str = "postgres", user: str = "postgres", **params: str) -> str:
+        query = "&".join(f"{key}={value}" for key, value in params.items())
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def start(self) -> None:
+        log = self.root / "server.log"
+        self._run("pg_ctl", "-D", self.data, "-l", log, "-w", "-t", "30", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """mode "immediate" is a crash: no checkpoint, recovery from WAL on the next start."""
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def is_running(self) -> bool:
+        status = subprocess.run(
+            self._command("pg_ctl", "-D", self.data, "status"), capture_output=True, **self._as()
+        )
+        return status.returncode == 0
+
+    def destroy(self) -> None:
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def file(self, name: str, content: str, mode: int = 0o600) -> Path:
+        """Write a file into the data directory, readable by the server only."""
+        path = self.data / name
+        path.write_text(content)
+        path.chmod(mode)
+        if self.user:
+            shutil.chown(path, self.user, self.user)
+        return path
+
+    def _os_user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        for name in (PGSERVER_USER, "postgres"):
+            try:
+                pwd.getpwnam(name)
+                return name
+            except KeyError:
+                continue
+        subprocess.run(["useradd", "--system", "--no-create-home", PGSERVER_USER], check=True)
+        return PGSERVER_USER
+
+    def _command(self, program: str, *args: object) -> list[str]:
+        return [str(self.bindir / program), *map(str, args)]
+
+    def _as(self) -> dict:
+        return {"user": self.user, "group": self.user} if self.user else {}
+
+    def _run(self, program: str, *args: object) -> None:
+        subprocess.run(self._command(program, *args), check=True, capture_output=True, **self._as())
+
+
+@pytest.fixture
+def private_cluster():
+    """A started private cluster, destroyed after the test."""
+    cluster = PrivateCluster()
+    cluster.start()
+    yield cluster
+    cluster.destroy()
