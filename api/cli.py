@@ -12,7 +12,7 @@ from uuid import UUID
 
 import psycopg
 
-from api.main import configure_logging
+from api.main import configure_logging, pool_for
 from api.settings import get_settings
 from db import safety
 from db.connection import PROJECT_ROOT, resolve_url, sqlalchemy_url
@@ -59,13 +59,20 @@ def print_checks(url: str) -> bool:
     """Print each check as it stands; True when all pass."""
 
     async def run() -> list[safety.Check]:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            return await safety.run_checks(conn)
+        settings = get_settings()
+        pool = pool_for(settings, url)
+        try:
+            # Retries with backoff: a Neon compute may be waking up.
+            await pool.open(wait=True, timeout=settings.db_reconnect_timeout_s)
+            async with pool.connection() as conn:
+                return await safety.run_checks(conn)
+        finally:
+            await pool.close()
 
     try:
         checks = asyncio.run(run())
     except psycopg.OperationalError as error:
-        print(f"FAIL  database reachable: {error}".strip(), file=sys.stderr)
+        print(f"FAIL  database reachable: {error}", file=sys.stderr)
         print("      fix: check NEON_DATABASE_URL and that the database is up", file=sys.stderr)
         return False
     for check in checks:
@@ -81,7 +88,15 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
     # Workers read the database from the environment; this hands them the one just checked
     # (the embedded server keeps running while this process lives).
     os.environ["NEON_DATABASE_URL"] = url
-    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        # SIGTERM: stop accepting, finish in-flight requests (at most this long), close the pool.
+        timeout_graceful_shutdown=get_settings().shutdown_timeout_s,
+    )
 
 
 def open_psql(url: str, user_id: UUID) -> int:

@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.body_limit import BodySizeLimit
@@ -21,19 +22,25 @@ def configure_logging() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def pool_for(settings: Settings, url: str) -> AsyncConnectionPool:
+    return open_pool(
+        url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_pool_timeout_s,
+        connect_timeout=settings.db_connect_timeout_s,
+        reconnect_timeout=settings.db_reconnect_timeout_s,
+        prepare_threshold=settings.prepare_threshold,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging()
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        pool = open_pool(
-            resolve_url(settings.neon_database_url),
-            min_size=settings.db_pool_min_size,
-            max_size=settings.db_pool_max_size,
-            connect_timeout=settings.db_connect_timeout_s,
-            prepare_threshold=settings.prepare_threshold,
-        )
+        pool = pool_for(settings, resolve_url(settings.neon_database_url))
         await pool.open(wait=False)
         app.state.pool = pool
         try:

@@ -1,10 +1,14 @@
 """Which database, and the connection pool to it. Nothing outside db/ opens a connection."""
 
 import logging
+import select
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("todo.db")
@@ -61,18 +65,47 @@ def resolve_url(neon_database_url: str | None) -> str:
 
 
 def open_pool(
-    url: str, *, min_size: int, max_size: int, connect_timeout: int, prepare_threshold: int | None
+    url: str,
+    *,
+    min_size: int,
+    max_size: int,
+    timeout: float,
+    connect_timeout: int,
+    reconnect_timeout: float,
+    prepare_threshold: int | None,
 ) -> AsyncConnectionPool:
-    """An unopened pool of autocommit connections: db.transaction makes every transaction."""
+    """An unopened pool of autocommit connections: db.transaction makes every transaction.
+
+    Connections are (re)made in the background with exponential backoff for up to
+    `reconnect_timeout`; a request waits at most `timeout` for one.
+    """
     return AsyncConnectionPool(
         normalize_url(url),
         min_size=min_size,
         max_size=max_size,
+        timeout=timeout,
+        reconnect_timeout=reconnect_timeout,
+        check=discard_if_closed,
         kwargs={
             "autocommit": True,
             "connect_timeout": connect_timeout,
             "prepare_threshold": prepare_threshold,
+            # Notice a silently dropped TCP path (NAT, load balancer) within about a minute.
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
         },
         open=False,
         name="todo",
     )
+
+
+async def discard_if_closed(conn: AsyncConnection) -> None:
+    """The pool's check at every checkout, without a round trip. An idle connection has
+    nothing to read; if its socket is readable, the server closed it (restart, crash, idle
+    timeout, suspended compute) and sent its goodbye or EOF. Closing it and raising makes
+    the pool drop it and hand out another."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable or conn.pgconn.status != ConnStatus.OK:
+        await conn.close()
+        raise psycopg.OperationalError("the server closed this idle connection")

@@ -163,7 +163,8 @@ def test_serve_starts_the_server_on_a_healthy_database(database_url, use_databas
     assert len(no_uvicorn) == 1
 
 
-def test_unreachable_database_fails_with_a_message(use_database, capsys):
+def test_unreachable_database_fails_with_a_message(use_database, monkeypatch, capsys):
+    monkeypatch.setenv("DB_RECONNECT_TIMEOUT_S", "2")  # retries with backoff, then gives up
     use_database(UNREACHABLE_URL)
     assert run_cli("check").code == 1
     err = capsys.readouterr().err
