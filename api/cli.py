@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,10 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
     # Workers read the database from the environment; this hands them the one just checked
     # (the embedded server keeps running while this process lives).
     os.environ["NEON_DATABASE_URL"] = url
+    # After a graceful shutdown uvicorn re-raises the signal it caught; the work is done by
+    # then, so exit 0 rather than die by the signal.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: sys.exit(0))
     uvicorn.run(
         "api.main:create_app",
         factory=True,

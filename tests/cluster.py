@@ -11,6 +11,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,3 +133,26 @@ def private_cluster():
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll `check` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def migrated_cluster() -> Iterator[PrivateCluster]:
+    """A started private cluster, its `postgres` database migrated; destroyed afterwards."""
+    from api.cli import migrate
+
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        migrate(cluster.url())
+        yield cluster
+    finally:
+        cluster.destroy()

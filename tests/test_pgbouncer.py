@@ -1,0 +1,210 @@
+"""The service behind PgBouncer in transaction mode, which is what a Neon `-pooler` host is.
+
+A real pgbouncer with 3 server connections sits in front of a private cluster; the app, with a
+pool of 10, serves 30 concurrent users through it. Each transaction may land on any server
+connection, so anything kept in session state (a setting, a prepared statement) would leak
+between users or break.
+"""
+
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from cluster import PrivateCluster, free_port, migrated_cluster, require, wait_until
+from conftest import new_user
+from fastapi import FastAPI
+
+from api.main import create_app
+from api.settings import Settings
+
+TODOS = "/api/v1/todos"
+SERVER_CONNECTIONS = 3  # pgbouncer's default_pool_size
+USERS = 30
+ROUNDS = 4  # per user: create one todo, then list them all
+PREPARE_RUNS = 10  # well past psycopg's prepare threshold of 5
+
+
+def pgbouncer_config(program: str, backend_port: int, port: int, auth_file: str) -> str:
+    version = subprocess.run([program, "--version"], capture_output=True, text=True, check=True)
+    major_minor = tuple(int(part) for part in version.stdout.split()[1].split(".")[:2])
+    config = f"""\
+[databases]
+* = host=127.0.0.1 port={backend_port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {auth_file}
+pool_mode = transaction
+default_pool_size = {SERVER_CONNECTIONS}
+max_client_conn = 200
+"""
+    # PgBouncer 1.21+ can track prepared statements (1.18 does not know, and refuses, this
+    # setting): keep it off, so this is the pooler that DB_PREPARED_STATEMENTS exists for.
+    if major_minor >= (1, 21):
+        config += "max_prepared_statements = 0\n"
+    return config
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[PrivateCluster]:
+    """A private cluster, migrated directly (not through pgbouncer)."""
+    with migrated_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def bouncer_url(backend: PrivateCluster) -> Iterator[str]:
+    """pgbouncer in transaction mode in front of `backend`, run as the cluster's OS user."""
+    program = shutil.which("pgbouncer")
+    require(program, "pgbouncer")
+    port = free_port()
+    # The cluster's root directory belongs to the user pgbouncer runs as (when root).
+    auth_file = backend.root / "pgbouncer-users.txt"
+    auth_file.write_text('"postgres" ""\n')
+    config = backend.root / "pgbouncer.ini"
+    config.write_text(pgbouncer_config(program, backend.port, port, str(auth_file)))
+    log = backend.root / "pgbouncer.log"
+    as_user = {"user": backend.user, "group": backend.user} if backend.user else {}
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [program, str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            **as_user,
+        )
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    try:
+        wait_until(lambda: accepts(url, process, log), "pgbouncer to accept connections")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def accepts(url: str, process: subprocess.Popen, log: Path) -> bool:
+    if process.poll() is not None:
+        pytest.fail(f"pgbouncer exited:\n{log.read_text()}")
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """`app` on a real uvicorn server in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+        if not server.started:
+            pytest.fail("uvicorn did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def one_user(base_url: str, start: threading.Barrier) -> None:
+    """Creates ROUNDS todos, listing after each; every list is exactly what this user made."""
+    user = new_user()
+    made: list[tuple[str, str]] = []
+    with httpx.Client(base_url=base_url, headers=user, timeout=30) as http:
+        start.wait(timeout=60)
+        for n in range(ROUNDS):
+            created = http.post(TODOS, json={"title": f"{user['X-User-ID']} #{n}"})
+            assert created.status_code == 201, created.text
+            made.append((created.json()["id"], created.json()["title"]))
+            listed = http.get(TODOS)
+            assert listed.status_code == 200, listed.text
+            items = listed.json()["items"]
+            assert sorted((todo["id"], todo["title"]) for todo in items) == sorted(made)
+            assert {todo["user_id"] for todo in items} == {user["X-User-ID"]}
+
+
+STATE = """
+SELECT pg_backend_pid(), current_user, current_setting('role'),
+       coalesce(current_setting('app.user_id', true), ''),
+       (SELECT count(*) FROM pg_prepared_statements)
+"""
+
+
+def server_connection_states(url: str) -> list[tuple]:
+    """STATE of every server connection: as many open transactions as pgbouncer has servers."""
+    with ExitStack() as stack:
+        connections = [stack.enter_context(psycopg.connect(url)) for _ in range(SERVER_CONNECTIONS)]
+        return [conn.execute(STATE).fetchone() for conn in connections]
+
+
+def test_thirty_users_through_three_server_connections(bouncer_url: str) -> None:
+    settings = Settings(
+        neon_database_url=bouncer_url,
+        db_prepared_statements="off",  # what "auto" picks for a -pooler host
+        db_pool_max_size=10,
+        db_pool_timeout_s=30,  # a busy test machine must not turn waiting into 503s
+    )
+    start = threading.Barrier(USERS)
+    with serving(create_app(settings)) as base_url, ThreadPoolExecutor(USERS) as users:
+        sessions = [users.submit(one_user, base_url, start) for _ in range(USERS)]
+        for session in sessions:
+            session.result()  # re-raises a user's failed assertion or error
+
+    # Nothing outlived its transaction on the server connections the users shared.
+    states = server_connection_states(bouncer_url)
+    assert len({pid for pid, *_ in states}) == SERVER_CONNECTIONS
+    assert [state[1:] for state in states] == [("postgres", "none", "", 0)] * SERVER_CONNECTIONS
+
+
+@pytest.mark.parametrize(
+    ("url", "threshold"),
+    [
+        ("postgresql://u@ep-x-pooler.us-east-2.aws.neon.tech/db?sslmode=require", None),
+        ("postgresql://u@ep-x.us-east-2.aws.neon.tech/db?sslmode=require", 5),
+    ],
+)
+def test_auto_turns_prepared_statements_off_for_pooler_hosts(
+    monkeypatch: pytest.MonkeyPatch, url: str, threshold: int | None
+) -> None:
+    monkeypatch.delenv("DB_PREPARED_STATEMENTS", raising=False)
+    assert Settings(neon_database_url=url).prepare_threshold == threshold
+
+
+@pytest.mark.parametrize(("setting", "breaks"), [("off", False), ("on", True)])
+def test_prepared_statements_break_behind_the_pooler(
+    bouncer_url: str, setting: str, breaks: bool
+) -> None:
+    """Why the knob exists: a statement prepared on one server connection is missing on the
+    next one pgbouncer hands out."""
+    threshold = Settings(db_prepared_statements=setting).prepare_threshold
+    # pgbouncer pools per database: what this leaves prepared stays out of the other tests' way.
+    url = bouncer_url.removesuffix("/postgres") + "/template1"
+    query = "SELECT %s::int"
+    with (
+        psycopg.connect(url, autocommit=True, prepare_threshold=threshold) as conn,
+        psycopg.connect(url) as other,
+    ):
+        for n in range(PREPARE_RUNS):  # alone, each run gets the same (last used) server
+            conn.execute(query, (n,))
+        other.execute("SELECT 1")  # an open transaction now holds that server
+        if breaks:
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                conn.execute(query, (0,))
+        else:
+            assert conn.execute(query, (0,)).fetchone() == (0,)

@@ -1,0 +1,125 @@
+"""Graceful shutdown of `todo-api serve`: on SIGTERM the request in flight still gets its
+answer, the pool is closed and the process exits 0.
+
+The request is held in flight deterministically: a superuser transaction locks `todos`, so
+the request waits inside PostgreSQL (seen in pg_stat_activity) until the test lets it go.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from cluster import PrivateCluster, free_port, migrated_cluster, wait_until
+from conftest import app_client, new_user
+
+TODOS = "/api/v1/todos"
+APP_NAME = "todo-shutdown-test"  # marks the server's connections in pg_stat_activity
+TODO_API = Path(sys.executable).parent / "todo-api"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    with migrated_cluster() as cluster:
+        yield cluster
+
+
+class Server:
+    """`todo-api serve` as a subprocess on a free port; its output goes to a file."""
+
+    def __init__(self, database_url: str, workdir: Path):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = workdir / "serve.log"
+        env = {
+            **os.environ,
+            "NEON_DATABASE_URL": database_url,
+            # Longer than the test holds a request, so only SIGTERM can end it early.
+            "DB_STATEMENT_TIMEOUT_MS": "60000",
+        }
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                cwd=workdir,  # no project .env
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, f"the server exited:\n{self.output()}"
+        try:
+            return httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+def server_backends(conn: psycopg.Connection, waiting_on_lock: bool = False) -> int:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    if waiting_on_lock:
+        query += " AND wait_event_type = 'Lock'"
+    return conn.execute(query, [APP_NAME]).fetchone()[0]
+
+
+def test_sigterm_finishes_the_request_in_flight_closes_the_pool_and_exits_0(
+    cluster: PrivateCluster, tmp_path: Path
+) -> None:
+    server = Server(cluster.url(application_name=APP_NAME), tmp_path)
+    try:
+        wait_until(server.ready, "the server to be ready")
+        with (
+            psycopg.connect(cluster.url(), autocommit=True) as admin,
+            psycopg.connect(cluster.url(), autocommit=True) as locker,
+            ThreadPoolExecutor(1) as background,
+        ):
+            with locker.transaction():
+                locker.execute("LOCK TABLE todos IN ACCESS EXCLUSIVE MODE")
+                answer = background.submit(
+                    httpx.post,
+                    f"{server.base}{TODOS}",
+                    json={"title": "in flight"},
+                    headers=new_user(),
+                    timeout=30,
+                )
+                wait_until(
+                    lambda: server_backends(admin, waiting_on_lock=True),
+                    "the request to wait in the database",
+                )
+                server.process.send_signal(signal.SIGTERM)
+                wait_until(
+                    lambda: "Waiting for connections to close" in server.output(),
+                    "the server to wait for the request in flight",
+                    timeout=10,
+                )
+            # The lock is released: the request in flight finishes.
+            response = answer.result(timeout=30)
+            assert response.status_code == 201, response.text
+            assert response.json()["title"] == "in flight"
+            assert server.process.wait(timeout=30) == 0, server.output()
+            assert "Application shutdown complete" in server.output()
+            wait_until(lambda: server_backends(admin) == 0, "the server's connections to close")
+    finally:
+        server.stop()
+
+
+def test_the_app_closes_its_pool_when_it_stops(cluster: PrivateCluster) -> None:
+    """Seen from PostgreSQL, a process that exits without closing its pool looks the same
+    (libpq says goodbye as the connections are freed), so this is checked from inside."""
+    with app_client(cluster.url()) as client:
+        assert client.get("/readyz").status_code == 200
+        pool = client.app.state.pool
+    assert pool.closed
