@@ -9,33 +9,49 @@ from api.errors import ApiError, FieldError
 from db import todos
 from db.transaction import Transaction
 
+MAX_HEADER_BYTES = 16 * 1024
 
-def caller_id(
+
+async def well_formed(request: Request) -> None:
+    """Refuse what no handler should read: oversized headers, and a JSON body that is not
+    UTF-8, which json.loads would otherwise decode as UTF-16 or UTF-32."""
+    if sum(len(name) + len(value) for name, value in request.headers.raw) > MAX_HEADER_BYTES:
+        raise ApiError(400, "HEADERS_TOO_LARGE", "The request headers are larger than 16 KiB.")
+    if "json" in request.headers.get("content-type", "") and not _utf8_json(await request.body()):
+        raise ApiError(400, "MALFORMED_BODY", "The request body must be UTF-8.")
+
+
+def _utf8_json(body: bytes) -> bool:
+    # UTF-16 and UTF-32 JSON always has NUL bytes, and UTF-8 JSON never has one.
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in body
+
+
+async def caller_id(
     request: Request,
+    _: Annotated[None, Depends(well_formed)],
+    # Required and a UUID, so /openapi.json says so; api.errors turns a missing or malformed
+    # header into MISSING_USER_CONTEXT or INVALID_USER_ID.
     x_user_id: Annotated[
-        str | None,
+        UUID,
         Header(
             description="The caller's id, a UUID, set by the trusted gateway in front of us.",
             examples=["3f0c6e9e-8d3a-4c1b-9a57-0c6d2b7c9e11"],
         ),
-    ] = None,
+    ],
 ) -> UUID:
-    if x_user_id is None:
-        raise ApiError(
-            400, "MISSING_USER_CONTEXT", "Send the caller's id as a UUID in the X-User-ID header."
-        )
     if len(request.headers.getlist("x-user-id")) > 1:
         raise ApiError(400, "INVALID_USER_ID", "Send exactly one X-User-ID header.")
-    try:
-        return UUID(x_user_id)
-    except ValueError:
-        raise ApiError(400, "INVALID_USER_ID", "X-User-ID must be a UUID.") from None
+    return x_user_id
 
 
 UserIdDep = Annotated[UUID, Depends(caller_id)]
 
 
-def transaction(request: Request, user_id: UserIdDep) -> Transaction:
+async def transaction(request: Request, user_id: UserIdDep) -> Transaction:
     state = request.app.state
     return Transaction(state.pool, user_id, state.settings.db_statement_timeout_ms)
 
@@ -43,7 +59,7 @@ def transaction(request: Request, user_id: UserIdDep) -> Transaction:
 TxDep = Annotated[Transaction, Depends(transaction)]
 
 
-def page(
+async def page(
     completed: Annotated[
         bool | None, Query(description="Only completed, or only open, todos.")
     ] = None,

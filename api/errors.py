@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("todo.api")
 
@@ -69,6 +70,16 @@ def problem(error: ApiError) -> JSONResponse:
 
 def _from_validation(errors: list[dict[str, Any]]) -> ApiError:
     """Map FastAPI's validation errors to the error table of SPEC §5."""
+    # Who is calling comes first: X-User-ID is the only header the API reads.
+    for error in errors:
+        if error["loc"][0] == "header":
+            if error["type"] == "missing":
+                return ApiError(
+                    400,
+                    "MISSING_USER_CONTEXT",
+                    "Send the caller's id as a UUID in the X-User-ID header.",
+                )
+            return ApiError(400, "INVALID_USER_ID", "X-User-ID must be a UUID.")
     for error in errors:
         source, *path = error["loc"]
         if source == "path":
@@ -100,6 +111,22 @@ HTTP_ERRORS = {
 }
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method this path answers to. Starlette's own 405 names only the first route that
+    matches the path, e.g. POST but not GET for /api/v1/todos."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -112,7 +139,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code, detail = HTTP_ERRORS.get(error.status_code, ("HTTP_ERROR", str(error.detail)))
-        return problem(ApiError(error.status_code, code, detail, headers=error.headers))
+        headers = error.headers
+        if error.status_code == 405:
+            headers = {"Allow": ", ".join(_allowed_methods(request))}
+        return problem(ApiError(error.status_code, code, detail, headers=headers))
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
@@ -145,7 +175,8 @@ EXAMPLES = {
     ),
 }
 DESCRIPTIONS = {
-    400: "MISSING_USER_CONTEXT, INVALID_USER_ID, INVALID_TODO_ID or MALFORMED_BODY",
+    400: "MISSING_USER_CONTEXT, INVALID_USER_ID, INVALID_TODO_ID, MALFORMED_BODY or"
+    " HEADERS_TOO_LARGE",
     404: "NOT_FOUND: no such todo for this user (someone else's todo answers the same)",
     413: "PAYLOAD_TOO_LARGE: body over 64 KiB",
     415: "UNSUPPORTED_MEDIA_TYPE: body not sent as JSON",
