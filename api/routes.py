@@ -4,10 +4,9 @@ from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from api.deps import PageDep, TxDep
-from api.errors import ApiError, not_found, problem, responses
+from api.errors import RETRY_AFTER_S, ApiError, not_found, responses
 from db import safety, todos
 from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
 
@@ -64,20 +63,18 @@ async def healthz() -> dict[str, str]:
 
 
 @ops.get("/readyz", responses=responses(503))
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> dict[str, str]:
     """The database answers and enforces isolation (the startup self-check passes)."""
-    unavailable = ApiError(
-        503,
-        "SERVICE_UNAVAILABLE",
-        "The database is unreachable or does not enforce isolation.",
-        headers={"Retry-After": "2"},
-    )
     try:
         async with request.app.state.pool.connection() as conn:
-            failed = safety.failures(await safety.run_checks(conn))
+            failed = [check.name for check in safety.failures(await safety.run_checks(conn))]
     except psycopg.Error:
-        return problem(unavailable)
+        failed = ["database reachable"]
     if failed:
-        unavailable.detail = "Unsafe database: " + "; ".join(check.name for check in failed) + "."
-        return problem(unavailable)
-    return JSONResponse({"status": "ready"})
+        raise ApiError(
+            503,
+            "SERVICE_UNAVAILABLE",
+            f"The database is not ready to serve: {'; '.join(failed)}.",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
+    return {"status": "ready"}
