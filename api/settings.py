@@ -11,7 +11,7 @@ class Settings(BaseSettings):
 
     # Unset: an embedded PostgreSQL in .data/postgres.
     neon_database_url: str | None = None
-    # Per worker process; see README "Pool size and workers".
+    # Per worker process; see docs/operations.md, "Pool size and workers".
     db_pool_min_size: int = 1
     db_pool_max_size: int = 10
     # How long a request waits for a connection before answering 503.
