@@ -4,12 +4,14 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Header, Query, Request
+from pydantic import BeforeValidator
 
 from api.errors import ApiError, FieldError
 from db import todos
 from db.transaction import Transaction
 
 MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
 
 
 async def well_formed(request: Request) -> None:
@@ -59,13 +61,31 @@ async def transaction(request: Request, user_id: UserIdDep) -> Transaction:
 TxDep = Annotated[Transaction, Depends(transaction)]
 
 
+def _decimal_digits(value: object) -> object:
+    # int() would also take "1_0", "+10", " 10" and "10.0".
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in decimal digits")
+    return value
+
+
+def _true_or_false(value: object) -> object:
+    # bool() would also take "yes", "on", "1", "t" and "y".
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return value
+
+
 async def page(
     completed: Annotated[
-        bool | None, Query(description="Only completed, or only open, todos.")
+        bool | None,
+        BeforeValidator(_true_or_false),
+        Query(description="`true`: only completed todos; `false`: only open ones."),
     ] = None,
     limit: Annotated[
-        int | None, Query(ge=1, le=1000, description="Page size; without it, all todos.")
-    ] = None,
+        int,
+        BeforeValidator(_decimal_digits),
+        Query(ge=1, le=MAX_PAGE, description=f"Page size, 1 to {MAX_PAGE}."),
+    ] = DEFAULT_PAGE,
     cursor: Annotated[
         str | None, Query(description="`next_cursor` from the previous page.", max_length=200)
     ] = None,
@@ -79,7 +99,7 @@ async def page(
             "Some fields are invalid; see field_errors.",
             [FieldError(field="cursor", message=f"Value error, {error}")],
         ) from None
-    return todos.Page(completed=completed, limit=limit, after=after)
+    return todos.Page(limit=limit, completed=completed, after=after)
 
 
 PageDep = Annotated[todos.Page, Depends(page)]

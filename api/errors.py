@@ -4,6 +4,7 @@ Nothing internal reaches a response: no stack trace, SQL, or exception text.
 """
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,7 @@ log = logging.getLogger("todo.api")
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_S = "2"
+MAX_FIELD_ERRORS = 20
 
 
 class FieldError(BaseModel):
@@ -68,7 +70,7 @@ def problem(error: ApiError) -> JSONResponse:
     )
 
 
-def _from_validation(errors: list[dict[str, Any]]) -> ApiError:
+def _from_validation(errors: Sequence[Any]) -> ApiError:
     """Map FastAPI's validation errors to the error table of SPEC §5."""
     # Who is calling comes first: X-User-ID is the only header the API reads.
     for error in errors:
@@ -94,13 +96,15 @@ def _from_validation(errors: list[dict[str, Any]]) -> ApiError:
                     "Send the body as JSON, with Content-Type: application/json.",
                 )
             return ApiError(400, "MALFORMED_BODY", "The request body must be a JSON object.")
+    # Capped, so that a body of thousands of bad keys gets a small answer.
     field_errors = [
         FieldError(field=".".join(str(part) for part in error["loc"][1:]), message=error["msg"])
-        for error in errors
+        for error in errors[:MAX_FIELD_ERRORS]
     ]
-    return ApiError(
-        422, "VALIDATION_ERROR", "Some fields are invalid; see field_errors.", field_errors
-    )
+    detail = "Some fields are invalid; see field_errors."
+    if len(errors) > MAX_FIELD_ERRORS:
+        detail = f"{len(errors)} fields are invalid; field_errors has the first {MAX_FIELD_ERRORS}."
+    return ApiError(422, "VALIDATION_ERROR", detail, field_errors)
 
 
 HTTP_ERRORS = {

@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="Per-user todos; isolation is enforced by PostgreSQL Row-Level Security.",
         lifespan=lifespan,
+        # `/api/v1/todos/` is an unknown path (404), not a redirect built from `Host`.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     errors.install(app)

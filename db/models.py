@@ -134,5 +134,5 @@ class TodoList(BaseModel):
     items: list[TodoPublic]
     count: int = Field(description="Number of items in this response.")
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null on the last page or without `limit`."
+        description="Pass as `cursor` for the next page; null on the last page."
     )

@@ -19,8 +19,8 @@ ENSURE_USER = "INSERT INTO users (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 
 @dataclass(frozen=True)
 class Page:
+    limit: int
     completed: bool | None = None
-    limit: int | None = None
     after: tuple[datetime, UUID] | None = None
 
 
@@ -60,7 +60,8 @@ async def get(tx: Transaction, todo_id: UUID) -> TodoPublic | None:
 
 
 async def list_(tx: Transaction, page: Page) -> TodoList:
-    where, params = ["user_id = %s"], [tx.user_id]
+    where = ["user_id = %s"]
+    params: list[object] = [tx.user_id]
     if page.completed is not None:
         where.append("is_completed = %s")
         params.append(page.completed)
@@ -68,15 +69,14 @@ async def list_(tx: Transaction, page: Page) -> TodoList:
         where.append("(created_at, id) < (%s, %s)")
         params.extend(page.after)
     query = (
-        f"SELECT {COLUMNS} FROM todos WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        f"SELECT {COLUMNS} FROM todos WHERE {' AND '.join(where)}"
+        " ORDER BY created_at DESC, id DESC LIMIT %s"
     )
-    if page.limit is not None:
-        query += " LIMIT %s"
-        params.append(page.limit + 1)  # one more than asked tells whether a next page exists
+    params.append(page.limit + 1)  # one more than asked tells whether a next page exists
 
     items = [TodoPublic.model_validate(row) for row in await tx.fetch((query, params))]
     next_cursor = None
-    if page.limit is not None and len(items) > page.limit:
+    if len(items) > page.limit:
         items = items[: page.limit]
         next_cursor = encode_cursor(items[-1])
     return TodoList(items=items, count=len(items), next_cursor=next_cursor)

@@ -79,6 +79,33 @@ def test_request_without_a_valid_user_id_is_rejected(
     assert_problem(response, 400, error_code)
 
 
+# The UUID spellings docs/api.md promises, and the ones it says are refused.
+SPELLINGS = {
+    str.upper: True,
+    lambda u: u.replace("-", ""): True,
+    lambda u: "{" + u + "}": True,
+    lambda u: "urn:uuid:" + u: True,
+    lambda u: "urn:uuid:" + u.replace("-", ""): False,
+    lambda u: "{" + u.replace("-", "") + "}": False,
+    lambda u: "URN:UUID:" + u: False,
+    lambda u: u[:8] + u[9:13] + "-" + u[13:]: False,
+}
+
+
+@pytest.mark.parametrize(("spell", "accepted"), SPELLINGS.items())
+def test_uuid_spellings_name_the_same_user_and_todo_or_are_refused(client, user, spell, accepted):
+    todo = create(client, user)
+    other_spelling = {"X-User-ID": spell(user["X-User-ID"])}
+    response = client.get(f"{TODOS}/{spell(todo['id'])}", headers=other_spelling)
+    if accepted:
+        assert response.json() == todo
+    else:
+        assert_problem(response, 400, "INVALID_USER_ID")
+        assert_problem(
+            client.get(f"{TODOS}/{spell(todo['id'])}", headers=user), 400, "INVALID_TODO_ID"
+        )
+
+
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
 @pytest.mark.parametrize(
     ("todo_id", "status", "error_code"),
@@ -176,6 +203,26 @@ def test_unknown_route_is_a_404_problem(client, user, url):
     assert_problem(client.get(url, headers=user), 404, "NOT_FOUND")
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("url", [f"{TODOS}/", f"{TODOS}/{SOME_ID}/", "/healthz/"])
+def test_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(client, user, method, url):
+    headers = {**user, "Host": "evil.example"}
+    response = client.request(method, url, json={"title": "x"}, headers=headers)
+    assert_problem(response, 404, "NOT_FOUND")
+    assert "location" not in response.headers
+    assert items(client, user) == []
+
+
+def test_many_invalid_fields_get_a_bounded_answer(client, user):
+    body = {"title": "x", **{f"{n:x}": 0 for n in range(7000)}}  # about 63 KB
+    content = json.dumps(body, separators=(",", ":"))
+    response = send(client, "POST", TODOS, user, content)
+    problem = assert_problem(response, 422, "VALIDATION_ERROR")
+    assert len(problem["field_errors"]) == 20
+    assert problem["detail"].startswith("7000 fields are invalid")
+    assert len(response.content) < 4096
+
+
 @pytest.mark.parametrize(
     ("method", "url"), [("PUT", TODOS), ("DELETE", TODOS), ("POST", "/healthz")]
 )
@@ -253,6 +300,31 @@ def ids(todos):
     return [todo["id"] for todo in todos]
 
 
+def insert_todos(sql, user, count):
+    sql.execute("INSERT INTO users (id) VALUES (%s)", (user["X-User-ID"],))
+    sql.execute(
+        "INSERT INTO todos (user_id, title, created_at)"
+        " SELECT %s, 'todo ' || n, now() - n * interval '1 second'"
+        " FROM generate_series(1, %s) AS n",
+        (user["X-User-ID"], count),
+    )
+
+
+def test_list_without_limit_is_one_page_of_100(client, user, sql):
+    insert_todos(sql, user, 101)
+    first = client.get(TODOS, headers=user).json()
+    assert first["count"] == len(first["items"]) == 100
+    assert [todo["title"] for todo in first["items"]] == [f"todo {n}" for n in range(1, 101)]
+    rest = client.get(TODOS, params={"cursor": first["next_cursor"]}, headers=user).json()
+    assert ([todo["title"] for todo in rest["items"]], rest["next_cursor"]) == (["todo 101"], None)
+
+
+def test_limit_is_at_most_1000(client, user, sql):
+    insert_todos(sql, user, 1001)
+    page = client.get(TODOS, params={"limit": "1000"}, headers=user).json()
+    assert page["count"] == 1000 and page["next_cursor"] is not None
+
+
 def test_list_returns_all_todos_newest_first(client, user):
     created = [create(client, user, title=f"todo {n}") for n in range(3)]
     body = client.get(TODOS, headers=user).json()
@@ -322,6 +394,9 @@ def test_pagination_across_equal_created_at_has_no_gaps_or_duplicates(client, us
         ({"limit": 10, "cursor": "garbage"}, "cursor"),
         ({"limit": 10, "cursor": "!!!"}, "cursor"),
         ({"completed": "maybe"}, "completed"),
+        # Only the two spellings of SPEC §5, and only plain decimal digits.
+        *[({"completed": word}, "completed") for word in ("yes", "on", "1", "t", "y", "True")],
+        *[({"limit": text}, "limit") for text in ("1_0", "+10", " 10", "10.0", "", "１０")],
     ],
 )
 def test_list_with_invalid_parameter_is_rejected(client, user, params, field):
