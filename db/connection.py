@@ -64,6 +64,11 @@ def resolve_url(neon_database_url: str | None) -> str:
     return url
 
 
+# Below Neon's scale-to-zero delay (5 minutes without queries): connections beyond the
+# pool's minimum are closed by the pool before a suspend would close them.
+MAX_IDLE_S = 240.0
+
+
 def open_pool(
     url: str,
     *,
@@ -79,12 +84,29 @@ def open_pool(
     Connections are (re)made in the background with exponential backoff for up to
     `reconnect_timeout`; a request waits at most `timeout` for one.
     """
-    return AsyncConnectionPool(
+
+    async def discard_if_closed(conn: AsyncConnection) -> None:
+        """The pool's check at every checkout, without a round trip. An idle connection has
+        nothing to read; if its socket is readable, the server closed it (restart, crash,
+        idle timeout, suspended compute) and sent its goodbye or EOF."""
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if not readable and conn.pgconn.status == ConnStatus.OK:
+            return
+        await conn.close()
+        # Whatever closed this one has most likely closed its idle siblings too. Test them
+        # all now, rather than meet them one checkout at a time with the pool's backoff
+        # (0, 1, 2 s) in between, which outlasts a request's wait.
+        await pool.check()
+        # Raising makes the pool drop this connection and hand out another.
+        raise psycopg.OperationalError("the server closed this idle connection")
+
+    pool = AsyncConnectionPool(
         normalize_url(url),
         min_size=min_size,
         max_size=max_size,
         timeout=timeout,
         reconnect_timeout=reconnect_timeout,
+        max_idle=MAX_IDLE_S,
         check=discard_if_closed,
         kwargs={
             "autocommit": True,
@@ -98,14 +120,4 @@ def open_pool(
         open=False,
         name="todo",
     )
-
-
-async def discard_if_closed(conn: AsyncConnection) -> None:
-    """The pool's check at every checkout, without a round trip. An idle connection has
-    nothing to read; if its socket is readable, the server closed it (restart, crash, idle
-    timeout, suspended compute) and sent its goodbye or EOF. Closing it and raising makes
-    the pool drop it and hand out another."""
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable or conn.pgconn.status != ConnStatus.OK:
-        await conn.close()
-        raise psycopg.OperationalError("the server closed this idle connection")
+    return pool

@@ -12,10 +12,13 @@ RUNTIME_ROLE = "todo_app"
 
 # First statement of every transaction. Bind parameters, never string formatting;
 # `true` makes each setting transaction-local, so nothing outlives the transaction.
+# The pinned search_path puts pg_temp last: a temporary table that someone with the
+# service's credentials left on a pooled connection cannot shadow `todos` or `users`.
 SET_CONTEXT = """
 SELECT set_config('role', %s, true),
        set_config('app.user_id', %s, true),
-       set_config('statement_timeout', %s, true)
+       set_config('statement_timeout', %s, true),
+       set_config('search_path', 'public, pg_temp', true)
 """
 
 Statement = tuple[Query, Sequence[Any]]

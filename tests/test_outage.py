@@ -82,6 +82,30 @@ def test_first_request_after_a_restart_succeeds(cluster: PrivateCluster, mode: s
         assert response.json() == todo
 
 
+def test_idle_connections_closed_by_the_server_fail_no_request(cluster: PrivateCluster) -> None:
+    """A restart, a failover or Neon's suspend closes every idle connection at once. The
+    first one found dead makes the pool test its siblings too, instead of finding them one
+    at a time with a growing backoff (it answered 503, 503, 503, then 200 before)."""
+    user = new_user()
+    with app_on(cluster, db_pool_min_size=10) as client:
+        pool = client.app.state.pool
+        wait_until(lambda: pool.get_stats()["pool_available"] == 10, "ten idle connections")
+        with psycopg.connect(cluster.url(), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [APP_NAME],
+            ).fetchone()
+        assert killed == (10,)
+        wait_until(lambda: not app_backends(cluster), "the backends to exit")
+        for _ in range(5):
+            started = time.monotonic()
+            response = client.get(TODOS, headers=user)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200, response.text
+            assert elapsed < 1, f"took {elapsed:.2f} s"
+
+
 def test_statement_timeout_is_set_and_answers_503(cluster: PrivateCluster) -> None:
     """A statement blocked on a lock is cancelled after DB_STATEMENT_TIMEOUT_MS.
 
