@@ -76,15 +76,17 @@ def _true_or_false(value: object) -> object:
 
 
 async def page(
+    # Unused here, but required: a missing or bad caller is reported before a bad cursor.
+    _: UserIdDep,
     completed: Annotated[
         bool | None,
-        BeforeValidator(_true_or_false),
         Query(description="`true`: only completed todos; `false`: only open ones."),
+        BeforeValidator(_true_or_false),
     ] = None,
     limit: Annotated[
         int,
-        BeforeValidator(_decimal_digits),
         Query(ge=1, le=MAX_PAGE, description=f"Page size, 1 to {MAX_PAGE}."),
+        BeforeValidator(_decimal_digits),
     ] = DEFAULT_PAGE,
     cursor: Annotated[
         str | None, Query(description="`next_cursor` from the previous page.", max_length=200)

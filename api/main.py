@@ -5,13 +5,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from psycopg_pool import AsyncConnectionPool
 
 from api import errors
 from api.body_limit import BodySizeLimit
 from api.routes import ops, router
 from api.settings import Settings, get_settings
-from db.connection import open_pool, resolve_url
+from db.connection import Pool, resolve_url
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -22,15 +21,15 @@ def configure_logging() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-def pool_for(settings: Settings, url: str) -> AsyncConnectionPool:
-    return open_pool(
+def pool_for(settings: Settings, url: str) -> Pool:
+    return Pool(
         url,
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         timeout=settings.db_pool_timeout_s,
         connect_timeout=settings.db_connect_timeout_s,
         reconnect_timeout=settings.db_reconnect_timeout_s,
-        prepare_threshold=settings.prepare_threshold,
+        prepared_statements=settings.db_prepared_statements,
     )
 
 

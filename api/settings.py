@@ -1,9 +1,10 @@
 """The service's configuration, read once from the environment (or a .env file)."""
 
 from functools import lru_cache
-from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from db.connection import PreparedStatements
 
 
 class Settings(BaseSettings):
@@ -22,20 +23,11 @@ class Settings(BaseSettings):
     # also how long `serve` and `check` wait for the database at start.
     db_reconnect_timeout_s: float = 30.0
     db_statement_timeout_ms: int = 5000
-    # Server-side prepared statements. "auto": off behind PgBouncer (hosts with -pooler).
-    db_prepared_statements: Literal["auto", "on", "off"] = "auto"
+    # Server-side prepared statements: "auto" turns them off behind a connection pooler;
+    # see docs/operations.md, "Prepared statements".
+    db_prepared_statements: PreparedStatements = "auto"
     # On SIGTERM, how long in-flight requests may take to finish.
     shutdown_timeout_s: int = 30
-
-    @property
-    def prepare_threshold(self) -> int | None:
-        """psycopg's prepare_threshold: prepare after 5 runs on a connection, or never."""
-        pooled = "-pooler" in (self.neon_database_url or "")
-        if self.db_prepared_statements == "off" or (
-            self.db_prepared_statements == "auto" and pooled
-        ):
-            return None
-        return 5
 
 
 @lru_cache

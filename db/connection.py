@@ -4,6 +4,7 @@ import logging
 import select
 import warnings
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import psycopg
@@ -67,57 +68,86 @@ def resolve_url(neon_database_url: str | None) -> str:
 # Below Neon's scale-to-zero delay (5 minutes without queries): connections beyond the
 # pool's minimum are closed by the pool before a suspend would close them.
 MAX_IDLE_S = 240.0
+# psycopg prepares a statement on the server once it has run this often on a connection.
+PREPARE_AFTER = 5
+
+PreparedStatements = Literal["auto", "on", "off"]
 
 
-def open_pool(
-    url: str,
-    *,
-    min_size: int,
-    max_size: int,
-    timeout: float,
-    connect_timeout: int,
-    reconnect_timeout: float,
-    prepare_threshold: int | None,
-) -> AsyncConnectionPool:
-    """An unopened pool of autocommit connections: db.transaction makes every transaction.
+class Pool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """An unopened pool of autocommit connections (db.transaction makes every transaction).
 
     Connections are (re)made in the background with exponential backoff for up to
     `reconnect_timeout`; a request waits at most `timeout` for one.
+
+    Server-side prepared statements are on unless `prepared_statements` says "off", and
+    `stop_preparing` turns them off for every connection, for good. A transaction-mode
+    pooler (PgBouncer before 1.21, or without max_prepared_statements) hands each
+    transaction any server connection, where a statement prepared on another one is
+    missing, or is another statement under the same name. With "auto", each new connection
+    looks for such a pooler before it prepares anything.
     """
 
-    async def discard_if_closed(conn: AsyncConnection) -> None:
-        """The pool's check at every checkout, without a round trip. An idle connection has
-        nothing to read; if its socket is readable, the server closed it (restart, crash,
-        idle timeout, suspended compute) and sent its goodbye or EOF."""
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        connect_timeout: int,
+        reconnect_timeout: float,
+        prepared_statements: PreparedStatements,
+    ):
+        self.prepare_threshold = None if prepared_statements == "off" else PREPARE_AFTER
+        self.detect_pooler = prepared_statements == "auto"
+        super().__init__(
+            normalize_url(url),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            reconnect_timeout=reconnect_timeout,
+            max_idle=MAX_IDLE_S,
+            configure=self._on_connect,
+            check=self._on_checkout,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": connect_timeout,
+                "prepare_threshold": None,  # set by _on_connect
+                # Notice a silently dropped TCP path (NAT, load balancer) within a minute.
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+            },
+            open=False,
+            name="todo",
+        )
+
+    def stop_preparing(self, reason: str) -> None:
+        if self.prepare_threshold is not None:
+            self.prepare_threshold = None
+            log.warning("server-side prepared statements turned off: %s", reason)
+
+    async def _on_connect(self, conn: AsyncConnection[Any]) -> None:
+        if self.prepare_threshold is not None and self.detect_pooler:
+            # A pooler answers the startup with its own backend key, not the server's.
+            cursor = await conn.execute("SELECT pg_backend_pid()")
+            if (await cursor.fetchone()) != (conn.info.backend_pid,):
+                self.stop_preparing("a connection pooler sits in front of PostgreSQL")
+        conn.prepare_threshold = self.prepare_threshold
+
+    async def _on_checkout(self, conn: AsyncConnection[Any]) -> None:
+        """Without a round trip: an idle connection has nothing to read; if its socket is
+        readable, the server closed it (restart, crash, idle timeout, suspended compute)
+        and sent its goodbye or EOF."""
         readable, _, _ = select.select([conn.fileno()], [], [], 0)
         if not readable and conn.pgconn.status == ConnStatus.OK:
+            conn.prepare_threshold = self.prepare_threshold  # stop_preparing reaches it
             return
         await conn.close()
         # Whatever closed this one has most likely closed its idle siblings too. Test them
         # all now, rather than meet them one checkout at a time with the pool's backoff
         # (0, 1, 2 s) in between, which outlasts a request's wait.
-        await pool.check()
+        await self.check()
         # Raising makes the pool drop this connection and hand out another.
         raise psycopg.OperationalError("the server closed this idle connection")
-
-    pool = AsyncConnectionPool(
-        normalize_url(url),
-        min_size=min_size,
-        max_size=max_size,
-        timeout=timeout,
-        reconnect_timeout=reconnect_timeout,
-        max_idle=MAX_IDLE_S,
-        check=discard_if_closed,
-        kwargs={
-            "autocommit": True,
-            "connect_timeout": connect_timeout,
-            "prepare_threshold": prepare_threshold,
-            # Notice a silently dropped TCP path (NAT, load balancer) within about a minute.
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-        },
-        open=False,
-        name="todo",
-    )
-    return pool

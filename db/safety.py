@@ -102,16 +102,16 @@ async def _switch_check(conn: AsyncConnection) -> Check:
     name = f"connecting role can switch to {RUNTIME_ROLE}, and sees no rows without a user"
     try:
         async with conn.transaction():
-            await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "5000"))
-            cursor = await conn.execute("SELECT count(*) FROM todos")
-            (visible,) = await cursor.fetchone()
+            await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "5000"), prepare=False)
+            [(visible,)] = await _rows(conn, "SELECT count(*) FROM todos")
     except psycopg.errors.InsufficientPrivilege:
         return Check(name, False, f"as an admin: GRANT {RUNTIME_ROLE} TO <the connecting role>")
     return Check(name, visible == 0, REAPPLY_FIX)
 
 
 async def _rows(conn: AsyncConnection, query: str, params: tuple = ()) -> list[tuple]:
-    cursor = await conn.execute(query, params)
+    # Never prepared: /readyz runs these often on the same connection.
+    cursor = await conn.execute(query, params, prepare=False)
     return await cursor.fetchall()
 
 

@@ -17,11 +17,14 @@ COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at
 ENSURE_USER = "INSERT INTO users (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
 
 
+Position = tuple[datetime, UUID]  # (created_at, id) of the last todo on a page
+
+
 @dataclass(frozen=True)
 class Page:
     limit: int
     completed: bool | None = None
-    after: tuple[datetime, UUID] | None = None
+    after: Position | None = None
 
 
 def encode_cursor(todo: TodoPublic) -> str:
@@ -29,7 +32,7 @@ def encode_cursor(todo: TodoPublic) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+def decode_cursor(cursor: str) -> Position:
     """The (created_at, id) position a cursor stands for; ValueError when it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()

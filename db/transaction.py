@@ -5,8 +5,10 @@ from typing import Any
 from uuid import UUID
 
 from psycopg.abc import Query
+from psycopg.errors import DuplicatePreparedStatement, InvalidSqlStatementName
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+
+from db.connection import Pool
 
 RUNTIME_ROLE = "todo_app"
 
@@ -27,7 +29,7 @@ Statement = tuple[Query, Sequence[Any]]
 class Transaction:
     """One request's database work, run as `todo_app` on behalf of one user."""
 
-    def __init__(self, pool: AsyncConnectionPool, user_id: UUID, statement_timeout_ms: int):
+    def __init__(self, pool: Pool, user_id: UUID, statement_timeout_ms: int):
         self.pool = pool
         self.user_id = user_id
         self._context = (RUNTIME_ROLE, str(user_id), str(statement_timeout_ms))
@@ -39,6 +41,15 @@ class Transaction:
         The commit is confirmed before this returns, so a caller that answers afterwards
         answers about durable data. Any error rolls the whole transaction back.
         """
+        try:
+            return await self._run(statements)
+        except (InvalidSqlStatementName, DuplicatePreparedStatement):
+            # A pooler that the pool did not detect lost or mixed up a prepared statement.
+            # The transaction failed before it could commit, so running it again is safe.
+            self.pool.stop_preparing("a prepared statement went missing behind a pooler")
+            return await self._run(statements)
+
+    async def _run(self, statements: Sequence[Statement]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:
             try:
                 # Explicit BEGIN/COMMIT: conn.transaction() would sync the pipeline at both ends.

@@ -403,6 +403,12 @@ def test_list_with_invalid_parameter_is_rejected(client, user, params, field):
     assert_invalid(client.get(TODOS, params=params, headers=user), field)
 
 
+@pytest.mark.parametrize(("headers", "error_code"), BAD_USER_HEADERS)
+def test_the_caller_is_checked_before_the_parameters(client, headers, error_code):
+    params = {"cursor": "garbage", "limit": "0", "completed": "maybe"}
+    assert_problem(client.get(TODOS, params=params, headers=headers), 400, error_code)
+
+
 def test_openapi_documents_problem_responses_for_every_operation(client):
     spec = client.get("/openapi.json").json()
     assert "Problem" in spec["components"]["schemas"]

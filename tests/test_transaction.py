@@ -7,7 +7,7 @@ import uuid
 import psycopg
 
 from db import todos
-from db.connection import open_pool
+from db.connection import Pool
 from db.transaction import Transaction
 
 PLANT = """
@@ -16,15 +16,15 @@ VALUES (gen_random_uuid(), %s, 'planted', false, now(), now())
 """
 
 
-def pool_of_one(url: str):
-    return open_pool(
+def pool_of_one(url: str) -> Pool:
+    return Pool(
         url,
         min_size=1,
         max_size=1,
         timeout=5,
         connect_timeout=5,
         reconnect_timeout=5,
-        prepare_threshold=None,
+        prepared_statements="auto",
     )
 
 
