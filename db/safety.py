@@ -6,6 +6,7 @@ policies are read from policies.sql, the one place they are written.
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -28,7 +29,23 @@ class Check:
 
 def expected_policies() -> list[tuple[str, str]]:
     """(policy, table) pairs that policies.sql creates."""
-    return re.findall(r"CREATE POLICY (\w+) ON (\w+)", POLICIES_SQL.read_text())
+    return re.findall(r"CREATE POLICY (\w+) ON (\w+)", _policies())
+
+
+def expected_privileges() -> set[tuple[str, str]]:
+    """(table, privilege) pairs that policies.sql grants to the runtime role."""
+    grants = re.findall(rf"GRANT ([A-Z, ]+) ON (\w+) TO {RUNTIME_ROLE};", _policies())
+    return {(table, p.strip()) for privileges, table in grants for p in privileges.split(",")}
+
+
+def expected_user_function() -> str:
+    """The body of current_app_user() as policies.sql writes it."""
+    [body] = re.findall(r"FUNCTION current_app_user\(\).*?AS \$\$(.*?)\$\$", _policies(), re.S)
+    return body.strip()
+
+
+def _policies() -> str:
+    return POLICIES_SQL.read_text()
 
 
 FACTS = """
@@ -44,6 +61,36 @@ FROM pg_policies WHERE schemaname = 'public' AND tablename IN ('users', 'todos')
 OWNER_COLUMN = {"users": "id", "todos": "user_id"}
 OWNER_TEST = "({} = ( SELECT current_app_user() AS current_app_user))"
 ROLE = "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s"
+# Every table-level privilege the runtime role holds on any relation outside the system
+# schemas, whether granted to it, to PUBLIC, or to a role it belongs to; a privilege on
+# some columns counts too.
+PRIVILEGES = """
+SELECT c.relname, p.privilege
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES',
+                        'TRIGGER']) AS p(privilege)
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND CASE WHEN p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+           THEN has_any_column_privilege(%(role)s, c.oid, p.privilege)
+           ELSE has_table_privilege(%(role)s, c.oid, p.privilege) END
+"""
+# Where the runtime role could create objects: the database itself or any schema.
+CREATE_RIGHTS = """
+SELECT 'database ' || current_database()
+WHERE has_database_privilege(%(role)s, current_database(), 'CREATE')
+UNION ALL
+SELECT 'schema ' || nspname FROM pg_namespace
+WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname !~ '^pg_(toast|temp)'
+  AND has_schema_privilege(%(role)s, oid, 'CREATE')
+"""
+MEMBERSHIPS = "SELECT roleid::regrole::text FROM pg_auth_members WHERE member = %(role)s::regrole"
+USER_FUNCTION = """
+SELECT btrim(p.prosrc), p.prosecdef, l.lanname
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+WHERE p.oid = to_regprocedure('public.current_app_user()')
+"""
 
 
 async def run_checks(conn: AsyncConnection) -> list[Check]:
@@ -93,8 +140,54 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
                 f"as a superuser: ALTER ROLE {RUNTIME_ROLE} NOSUPERUSER NOBYPASSRLS",
             )
         )
+        checks.extend(await _role_checks(conn))
         checks.append(await _switch_check(conn))
     return checks
+
+
+async def _role_checks(conn: AsyncConnection) -> list[Check]:
+    """todo_app holds what policies.sql grants and nothing more, and the function every
+    policy calls is the one policies.sql defines."""
+    role = {"role": RUNTIME_ROLE}
+    async with conn.transaction():
+        held = set(await _rows(conn, PRIVILEGES, role))
+        create_rights = [where for (where,) in await _rows(conn, CREATE_RIGHTS, role)]
+        member_of = [name for (name,) in await _rows(conn, MEMBERSHIPS, role)]
+        function = await _rows(conn, USER_FUNCTION)
+    expected = expected_privileges()
+    extra = ", ".join(f"{privilege} on {table}" for table, privilege in sorted(held - expected))
+    missing = ", ".join(f"{privilege} on {table}" for table, privilege in sorted(expected - held))
+    return [
+        Check(
+            f"role {RUNTIME_ROLE} has no table privilege beyond policies.sql"
+            + (f" (has {extra})" if extra else ""),
+            not extra,
+            f"REVOKE them FROM {RUNTIME_ROLE} (or from PUBLIC, or the role that passes them on)",
+        ),
+        Check(
+            f"role {RUNTIME_ROLE} has every table privilege policies.sql grants"
+            + (f" (lacks {missing})" if missing else ""),
+            not missing,
+            REAPPLY_FIX,
+        ),
+        Check(
+            f"role {RUNTIME_ROLE} cannot create objects"
+            + (f" (can in {', '.join(create_rights)})" if create_rights else ""),
+            not create_rights,
+            f"REVOKE CREATE ON ... FROM PUBLIC, {RUNTIME_ROLE}",
+        ),
+        Check(
+            f"role {RUNTIME_ROLE} is a member of no other role"
+            + (f" (is of {', '.join(member_of)})" if member_of else ""),
+            not member_of,
+            f"REVOKE <role> FROM {RUNTIME_ROLE}",
+        ),
+        Check(
+            "current_app_user() is the function policies.sql defines",
+            function == [(expected_user_function(), False, "sql")],
+            REAPPLY_FIX,
+        ),
+    ]
 
 
 async def _switch_check(conn: AsyncConnection) -> Check:
@@ -109,7 +202,9 @@ async def _switch_check(conn: AsyncConnection) -> Check:
     return Check(name, visible == 0, REAPPLY_FIX)
 
 
-async def _rows(conn: AsyncConnection, query: str, params: tuple = ()) -> list[tuple]:
+async def _rows(
+    conn: AsyncConnection, query: str, params: tuple[object, ...] | dict[str, object] = ()
+) -> list[tuple[Any, ...]]:
     # Never prepared: /readyz runs these often on the same connection.
     cursor = await conn.execute(query, params, prepare=False)
     return await cursor.fetchall()

@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import app_client, with_url
+from sqlalchemy.engine import make_url
 
 from api import cli
 from api.settings import get_settings
@@ -29,6 +30,30 @@ UNSAFE_TABLE_STATES = [
 ] + [
     (f"DROP POLICY {policy} ON {table}", f"policy {policy} on {table}", MIGRATE)
     for policy, table in expected_policies()
+]
+BEYOND = "no table privilege beyond policies.sql"
+UNSAFE_ROLE_STATES = [
+    # TRUNCATE ignores RLS; REFERENCES and TRIGGER are not the API's business.
+    ("GRANT TRUNCATE ON todos TO todo_app", f"{BEYOND} (has TRUNCATE on todos)", "REVOKE"),
+    ("GRANT REFERENCES ON users TO todo_app", f"{BEYOND} (has REFERENCES on users)", "REVOKE"),
+    ("GRANT TRIGGER ON todos TO todo_app", f"{BEYOND} (has TRIGGER on todos)", "REVOKE"),
+    ("GRANT UPDATE (id) ON users TO todo_app", f"{BEYOND} (has UPDATE on users)", "REVOKE"),
+    ("GRANT SELECT ON alembic_version TO PUBLIC", f"{BEYOND} (has SELECT on alembic", "PUBLIC"),
+    ("REVOKE DELETE ON todos FROM todo_app", "(lacks DELETE on todos)", MIGRATE),
+    ("GRANT CREATE ON SCHEMA public TO todo_app", "cannot create objects", "REVOKE CREATE"),
+    ("GRANT CREATE ON SCHEMA public TO PUBLIC", "cannot create objects", "REVOKE CREATE"),
+    ("GRANT CREATE ON DATABASE {database} TO todo_app", "cannot create objects", "REVOKE"),
+    (
+        "CREATE OR REPLACE FUNCTION current_app_user() RETURNS uuid LANGUAGE sql STABLE"
+        " AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$",  # everyone is one user
+        "current_app_user() is the function policies.sql defines",
+        MIGRATE,
+    ),
+    (
+        "ALTER FUNCTION current_app_user() SECURITY DEFINER",
+        "current_app_user() is the function policies.sql defines",
+        MIGRATE,
+    ),
 ]
 
 
@@ -120,6 +145,37 @@ def test_unsafe_table_state_is_refused(
     assert fix_says in fix
 
 
+@pytest.mark.parametrize(("unsafe_sql", "check_name", "fix_says"), UNSAFE_ROLE_STATES)
+def test_todo_app_with_more_than_policies_sql_grants_is_refused(
+    make_database, use_database, no_uvicorn, capsys, unsafe_sql, check_name, fix_says
+):
+    url = make_database()
+    execute(url, unsafe_sql.format(database=make_url(url).database))
+    fix = assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys)
+    assert fix_says in fix
+
+
+@pytest.fixture
+def todo_app_in_another_role(server_url: str) -> Iterator[str]:
+    """A role todo_app is a member of: cluster-wide, so it is always dropped."""
+    role = f"todo_test_group_{uuid.uuid4().hex[:8]}"
+    execute(server_url, f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        execute(server_url, f'GRANT "{role}" TO todo_app')
+        yield role
+    finally:
+        execute(server_url, f'DROP ROLE "{role}"')
+
+
+def test_todo_app_member_of_another_role_is_refused(
+    make_database, todo_app_in_another_role, use_database, no_uvicorn, capsys
+):
+    url = make_database()
+    check_name = f"member of no other role (is of {todo_app_in_another_role})"
+    fix = assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys)
+    assert "REVOKE" in fix
+
+
 def test_todo_app_with_bypassrls_is_refused(
     make_database, todo_app_bypasses_rls, use_database, no_uvicorn, capsys
 ):
@@ -152,8 +208,8 @@ def test_healthy_database_passes_every_check(database_url, use_database, capsys)
     use_database(database_url)
     assert run_cli("check").code == 0
     lines = capsys.readouterr().out.splitlines()
-    # tables, RLS enabled and forced on two tables, the policies, the role's three checks
-    assert len(lines) == 1 + 4 + len(expected_policies()) + 3
+    # tables, RLS enabled and forced on two tables, the policies, the role's eight checks
+    assert len(lines) == 1 + 4 + len(expected_policies()) + 8
     assert all(line.startswith("ok  ") for line in lines), lines
 
 
