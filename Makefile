@@ -24,6 +24,7 @@ test: $(INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Benchmarks (needs wrk: apt-get install wrk); see docs/performance.md.
 bench: $(INSTALLED)

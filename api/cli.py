@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     configure_logging()
-    url = resolve_url(get_settings().neon_database_url)
+    try:
+        url = resolve_url(get_settings().neon_database_url)
+    except ValueError as error:
+        sys.exit(f"todo-api: {error}")
     if args.command == "migrate":
         migrate(url)
     elif args.command == "check":

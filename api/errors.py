@@ -4,7 +4,7 @@ Nothing internal reaches a response: no stack trace, SQL, or exception text.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -44,7 +44,7 @@ class ApiError(Exception):
         error_code: str,
         detail: str,
         field_errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ):
         self.status, self.error_code, self.detail = status, error_code, detail
         self.field_errors, self.headers = field_errors, headers

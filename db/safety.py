@@ -6,10 +6,11 @@ policies are read from policies.sql, the one place they are written.
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.abc import Params
 
 from db.connection import PROJECT_ROOT
 from db.transaction import RUNTIME_ROLE, SET_CONTEXT
@@ -40,8 +41,9 @@ def expected_privileges() -> set[tuple[str, str]]:
 
 def expected_user_function() -> str:
     """The body of current_app_user() as policies.sql writes it."""
-    [body] = re.findall(r"FUNCTION current_app_user\(\).*?AS \$\$(.*?)\$\$", _policies(), re.S)
-    return body.strip()
+    found = re.search(r"FUNCTION current_app_user\(\).*?AS \$\$(.*?)\$\$", _policies(), re.S)
+    assert found, "policies.sql defines current_app_user()"
+    return found.group(1).strip()
 
 
 def _policies() -> str:
@@ -203,7 +205,7 @@ async def _switch_check(conn: AsyncConnection) -> Check:
 
 
 async def _rows(
-    conn: AsyncConnection, query: str, params: tuple[object, ...] | dict[str, object] = ()
+    conn: AsyncConnection, query: LiteralString, params: Params = ()
 ) -> list[tuple[Any, ...]]:
     # Never prepared: /readyz runs these often on the same connection.
     cursor = await conn.execute(query, params, prepare=False)

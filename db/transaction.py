@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from psycopg.abc import Query
+from psycopg.abc import QueryNoTemplate
 from psycopg.errors import DuplicatePreparedStatement, InvalidSqlStatementName
 from psycopg.rows import dict_row
 
@@ -23,7 +23,7 @@ SELECT set_config('role', %s, true),
        set_config('search_path', 'public, pg_temp', true)
 """
 
-Statement = tuple[Query, Sequence[Any]]
+Statement = tuple[QueryNoTemplate, Sequence[Any]]
 
 
 class Transaction:

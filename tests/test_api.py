@@ -1,8 +1,13 @@
+import base64
 import json
 import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import Settings
 
 TODOS = "/api/v1/todos"
 PROBLEM_JSON = "application/problem+json"
@@ -232,6 +237,27 @@ def test_wrong_method_is_a_405_problem(client, user, method, url):
     assert response.headers["allow"]
 
 
+def test_chunked_body_over_64_kib_is_refused(client, user):
+    chunks = iter([b'{"title": "', b"x" * MAX_BODY, b'"}'])  # no Content-Length: chunked
+    response = client.post(
+        TODOS, content=chunks, headers={**user, "Content-Type": "application/json"}
+    )
+    assert_problem(response, 413, "PAYLOAD_TOO_LARGE")
+    assert items(client, user) == []
+
+
+def test_an_unexpected_error_is_a_500_problem_that_says_nothing_inside(database_url, caplog):
+    app = create_app(Settings(neon_database_url=database_url))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("SELECT secret FROM psycopg internals")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert_problem(client.get("/boom"), 500, "INTERNAL_ERROR")
+    assert "unhandled error on GET /boom" in caplog.text  # the operator still sees it
+
+
 def test_create_returns_the_new_todo_with_defaults(client, user):
     response = client.post(TODOS, json={"title": "Buy milk"}, headers=user)
     assert response.status_code == 201
@@ -393,10 +419,19 @@ def test_pagination_across_equal_created_at_has_no_gaps_or_duplicates(client, us
         ({"limit": "abc"}, "limit"),
         ({"limit": 10, "cursor": "garbage"}, "cursor"),
         ({"limit": 10, "cursor": "!!!"}, "cursor"),
+        # Well formed, but without a UTC offset: not one this API issued.
+        (
+            {
+                "cursor": base64.urlsafe_b64encode(
+                    f"2024-01-01T00:00:00|{SOME_ID}".encode()
+                ).decode()
+            },
+            "cursor",
+        ),
         ({"completed": "maybe"}, "completed"),
-        # Only the two spellings of SPEC §5, and only plain decimal digits.
+        # Only the two spellings of docs/api.md, and only plain ASCII decimal digits.
         *[({"completed": word}, "completed") for word in ("yes", "on", "1", "t", "y", "True")],
-        *[({"limit": text}, "limit") for text in ("1_0", "+10", " 10", "10.0", "", "１０")],
+        *[({"limit": text}, "limit") for text in ("1_0", "+10", " 10", "10.0", "", "\uff11\uff10")],
     ],
 )
 def test_list_with_invalid_parameter_is_rejected(client, user, params, field):
