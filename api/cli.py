@@ -108,7 +108,7 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
 
 
 def open_psql(url: str, user_id: UUID) -> int:
-    """Interactive psql with the policies active for one user, as SPEC §4 shows."""
+    """Interactive psql as todo_app for one user, as README "Inspecting with psql" shows."""
     psql = shutil.which("psql") or _bundled_psql()
     startup = (  # user_id is a parsed UUID, safe to place in SQL
         "\\set QUIET on\n"

@@ -71,7 +71,7 @@ def problem(error: ApiError) -> JSONResponse:
 
 
 def _from_validation(errors: Sequence[Any]) -> ApiError:
-    """Map FastAPI's validation errors to the error table of SPEC §5."""
+    """Map FastAPI's validation errors to the error table of docs/api.md."""
     # Who is calling comes first: X-User-ID is the only header the API reads.
     for error in errors:
         if error["loc"][0] == "header":

@@ -26,7 +26,7 @@ from psycopg.errors import InsufficientPrivilege
 from test_fuzz_schema import FUZZ
 
 USERS = 3
-# As each request does (SPEC §4): role and user for this transaction only.
+# As each request does (db/transaction.py): role and user for this transaction only.
 SWITCH_LOCAL = "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 USER_LOCAL = "SELECT set_config('app.user_id', %s, true)"
 # As psql inspection does: for the session, across transactions.

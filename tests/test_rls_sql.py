@@ -1,5 +1,5 @@
 """RLS on its own: direct SQL as `todo_app`, with the application's code and filters out
-of the way. Each transaction switches role and user exactly as SPEC §4 prescribes."""
+of the way. Each transaction switches role and user exactly as db/transaction.py does."""
 
 import uuid
 from collections.abc import Iterator
@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.errors import InsufficientPrivilege
 
-# SPEC §4: both settings transaction-local, the user as a bind parameter.
+# As db/transaction.py: both settings transaction-local, the user as a bind parameter.
 SWITCH = "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 SWITCH_ROLE_ONLY = "SELECT set_config('role', 'todo_app', true)"
 RLS = "row-level security"
@@ -147,7 +147,7 @@ def test_the_user_context_ends_with_its_transaction(conn, seeded, rollback):
 
 
 def test_session_level_set_role_shows_one_user_at_most(conn, seeded):
-    # SPEC §4's psql inspection: SET ROLE, then a session-level app.user_id.
+    # README's psql inspection: SET ROLE, then a session-level app.user_id.
     conn.execute("SET ROLE todo_app")
     assert visible_todos(conn) == set()
     conn.execute("SELECT set_config('app.user_id', %s, false)", (A,))

@@ -1,4 +1,5 @@
-"""The startup self-check (SPEC §4): `check`, `serve` and /readyz refuse an unsafe database."""
+"""The startup self-check (README, "How isolation works"): `check`, `serve` and /readyz
+refuse an unsafe database."""
 
 import os
 import subprocess
