@@ -6,6 +6,7 @@ policies are read from policies.sql, the one place they are written.
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, LiteralString
 
 import psycopg
@@ -46,6 +47,7 @@ def expected_user_function() -> str:
     return found.group(1).strip()
 
 
+@cache  # read once: /readyz runs the checks often
 def _policies() -> str:
     return POLICIES_SQL.read_text()
 
@@ -157,31 +159,31 @@ async def _role_checks(conn: AsyncConnection) -> list[Check]:
         member_of = [name for (name,) in await _rows(conn, MEMBERSHIPS, role)]
         function = await _rows(conn, USER_FUNCTION)
     expected = expected_privileges()
-    extra = ", ".join(f"{privilege} on {table}" for table, privilege in sorted(held - expected))
-    missing = ", ".join(f"{privilege} on {table}" for table, privilege in sorted(expected - held))
+    extra = [f"{privilege} on {table}" for table, privilege in sorted(held - expected)]
+    missing = [f"{privilege} on {table}" for table, privilege in sorted(expected - held)]
     return [
-        Check(
-            f"role {RUNTIME_ROLE} has no table privilege beyond policies.sql"
-            + (f" (has {extra})" if extra else ""),
-            not extra,
+        _none(
+            f"role {RUNTIME_ROLE} has no table privilege beyond policies.sql",
+            "has",
+            extra,
             f"REVOKE them FROM {RUNTIME_ROLE} (or from PUBLIC, or the role that passes them on)",
         ),
-        Check(
-            f"role {RUNTIME_ROLE} has every table privilege policies.sql grants"
-            + (f" (lacks {missing})" if missing else ""),
-            not missing,
+        _none(
+            f"role {RUNTIME_ROLE} has every table privilege policies.sql grants",
+            "lacks",
+            missing,
             REAPPLY_FIX,
         ),
-        Check(
-            f"role {RUNTIME_ROLE} cannot create objects"
-            + (f" (can in {', '.join(create_rights)})" if create_rights else ""),
-            not create_rights,
+        _none(
+            f"role {RUNTIME_ROLE} cannot create objects",
+            "can in",
+            create_rights,
             f"REVOKE CREATE ON ... FROM PUBLIC, {RUNTIME_ROLE}",
         ),
-        Check(
-            f"role {RUNTIME_ROLE} is a member of no other role"
-            + (f" (is of {', '.join(member_of)})" if member_of else ""),
-            not member_of,
+        _none(
+            f"role {RUNTIME_ROLE} is a member of no other role",
+            "is of",
+            member_of,
             f"REVOKE <role> FROM {RUNTIME_ROLE}",
         ),
         Check(
@@ -190,6 +192,11 @@ async def _role_checks(conn: AsyncConnection) -> list[Check]:
             REAPPLY_FIX,
         ),
     ]
+
+
+def _none(name: str, verb: str, found: list[str], fix: str) -> Check:
+    """A check that passes when `found` is empty, and names what it found otherwise."""
+    return Check(name + (f" ({verb} {', '.join(found)})" if found else ""), not found, fix)
 
 
 async def _switch_check(conn: AsyncConnection) -> Check:
