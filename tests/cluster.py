@@ -1,4 +1,5 @@
-"""A private PostgreSQL cluster that a test starts, stops and kills: only its own.
+"""A private PostgreSQL cluster that a test starts, stops and kills: only its own; and the
+other processes tests start (`todo-api serve`, pgbouncer), stopped the same way.
 
 By default it runs the binaries that ship with pgserver (no TLS support); pass
 `bindir=system_bindir()` for the system's PostgreSQL, which is built with OpenSSL.
@@ -10,15 +11,18 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 PGSERVER_USER = "pgserver"  # created by pgserver when it first runs as root
+TODO_API = Path(sys.executable).parent / "todo-api"
 
 
 def pgserver_bindir() -> Path:
@@ -156,3 +160,47 @@ def migrated_cluster() -> Iterator[PrivateCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class Server:
+    """`todo-api serve` as a subprocess on a free port, with `env` added to this process's
+    environment; its output goes to a file in `workdir`, which is also its cwd (so no
+    project .env is read)."""
+
+    def __init__(self, database_url: str, workdir: Path, **env: str):
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = workdir / "serve.log"
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                env={**os.environ, "NEON_DATABASE_URL": database_url, **env},
+                cwd=workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, f"the server exited:\n{self.output()}"
+        try:
+            return httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)

@@ -4,6 +4,7 @@ per run created with sqlalchemy-utils and dropped afterwards, and the app in fro
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -83,4 +84,21 @@ def user() -> dict[str, str]:
 def sql(database_url: str) -> Iterator[psycopg.Connection]:
     """A direct connection to the run's database, outside the app."""
     with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+# As db/transaction.py: every setting transaction-local, the values bind parameters.
+SWITCH = (
+    "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true),"
+    " set_config('statement_timeout', %s, true)"
+)
+
+
+@contextmanager
+def as_user(
+    conn: psycopg.Connection, user_id: str, *, timeout_ms: int = 5000, rollback: bool = False
+) -> Iterator[psycopg.Connection]:
+    """One transaction as todo_app on behalf of `user_id` (committed unless `rollback`)."""
+    with conn.transaction(force_rollback=rollback):
+        conn.execute(SWITCH, (user_id, str(timeout_ms)))
         yield conn

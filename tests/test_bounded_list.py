@@ -9,14 +9,11 @@ says when more exist, so no request returns an unbounded list.
 The test gives one user 150,000 todos and has 4 threads list them without `limit`, 20 times
 in all, while another user polls their own list. It proves that each answer is a page of
 100 with a next_cursor, that the other user's worst latency stays under 1 s, and that the
-serving process's memory (its own: uvicorn runs in a subprocess) grows by under 50 MB, peak
+serving process's memory (its own: `todo-api serve` runs in a subprocess) grows by under 50 MB, peak
 included. The old behaviour fails every one of these by a wide margin (about 6 s of
 waiting and hundreds of MB).
 """
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +23,8 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from cluster import free_port, wait_until
+from cluster import Server, wait_until
 from conftest import new_user
-
-from db.connection import PROJECT_ROOT
 
 TODOS = "/api/v1/todos"
 TODO_COUNT = 150_000
@@ -61,43 +56,15 @@ def seeded(make_database: Callable[..., str]) -> tuple[str, dict[str, str]]:
 
 
 @pytest.fixture
-def server(seeded: tuple[str, dict[str, str]], tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """uvicorn on the app in its own process, running this checkout's code; yields its base
-    URL and pid. The cwd is empty, so no .env is read."""
+def server(seeded: tuple[str, dict[str, str]], tmp_path: Path) -> Iterator[Server]:
+    """`todo-api serve` in its own process, so that its memory is its own."""
     url, _ = seeded
-    port = free_port()
-    log_path = tmp_path / "uvicorn.log"
-    paths = [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]
-    env = {
-        **os.environ,
-        "NEON_DATABASE_URL": url,
-        "PYTHONPATH": os.pathsep.join(filter(None, paths)),
-    }
-    command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.poll() is None, f"uvicorn exited:\n{log_path.read_text()}"
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
+    server = Server(url, tmp_path)
     try:
-        wait_until(healthy, "uvicorn to answer /healthz")
-        yield base, process.pid
+        wait_until(server.ready, "the server to be ready")
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -108,10 +75,10 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 
 def test_a_list_without_limit_is_one_page_and_does_not_stall_other_users(
-    seeded: tuple[str, dict[str, str]], server: tuple[str, int]
+    seeded: tuple[str, dict[str, str]], server: Server
 ) -> None:
     _, heavy = seeded
-    base, pid = server
+    base, pid = server.base, server.process.pid
     light = new_user()
     with (
         httpx.Client(base_url=base, headers=heavy, timeout=120) as heavy_http,

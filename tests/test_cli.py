@@ -2,14 +2,11 @@
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
-
-TODO_API = Path(sys.executable).parent / "todo-api"
+from cluster import TODO_API
 
 
 def todo_api(*args: str, database: str, **options: object) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from cluster import PrivateCluster, free_port, migrated_cluster, require, wait_until
+from cluster import PrivateCluster, free_port, migrated_cluster, require, stop_process, wait_until
 from conftest import new_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -93,12 +93,7 @@ def bouncer_url(backend: PrivateCluster) -> Iterator[str]:
         wait_until(lambda: accepts(url, process, log), "pgbouncer to accept connections")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def accepts(url: str, process: subprocess.Popen, log: Path) -> bool:

@@ -6,32 +6,16 @@ its test fails and SECURITY.md must change with it."""
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import as_user
 from psycopg.errors import InsufficientPrivilege, QueryCanceled, UniqueViolation
-
-# The parts of a request's context (db/transaction.py) that matter here: role, user, timeout.
-SWITCH = (
-    "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true),"
-    " set_config('statement_timeout', %s, true)"
-)
 
 B_ROWS = 5000
 FREQUENT_TITLE = "salary review"  # 1 in 5 of B's todos; every other title is used once
 FREQUENT_ROWS = B_ROWS // 5
-
-
-@contextmanager
-def as_user(
-    conn: psycopg.Connection, user_id: str, *, timeout_ms: int = 5000, rollback: bool = False
-) -> Iterator[psycopg.Connection]:
-    """One transaction as todo_app on behalf of `user_id` (committed unless `rollback`)."""
-    with conn.transaction(force_rollback=rollback):
-        conn.execute(SWITCH, (user_id, str(timeout_ms)))
-        yield conn
 
 
 def value(conn: psycopg.Connection, query: str, params: tuple = ()) -> Any:

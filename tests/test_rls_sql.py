@@ -3,29 +3,17 @@ of the way. Each transaction switches role and user exactly as db/transaction.py
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pytest
+from conftest import SWITCH, as_user
 from psycopg.errors import InsufficientPrivilege
 
-# As db/transaction.py: both settings transaction-local, the user as a bind parameter.
-SWITCH = "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)"
 SWITCH_ROLE_ONLY = "SELECT set_config('role', 'todo_app', true)"
 RLS = "row-level security"
 
 A = str(uuid.uuid4())
 B = str(uuid.uuid4())
-
-
-@contextmanager
-def as_user(
-    conn: psycopg.Connection, user_id: str, *, rollback: bool = False
-) -> Iterator[psycopg.Connection]:
-    """One transaction as todo_app on behalf of `user_id` (committed unless `rollback`)."""
-    with conn.transaction(force_rollback=rollback):
-        conn.execute(SWITCH, (user_id,))
-        yield conn
 
 
 def insert_todo(conn: psycopg.Connection, user_id: str, title: str) -> str:
@@ -75,7 +63,7 @@ def test_the_superuser_sees_the_seeded_rows(conn, seeded):
 
 @pytest.mark.parametrize(
     ("switch", "params"),
-    [(SWITCH_ROLE_ONLY, ()), (SWITCH, ("",))],
+    [(SWITCH_ROLE_ONLY, ()), (SWITCH, ("", "5000"))],
     ids=["user-unset", "user-empty"],
 )
 def test_no_user_context_sees_no_rows(conn, switch, params):

@@ -3,13 +3,12 @@ refuse an unsafe database."""
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
+from cluster import TODO_API
 from conftest import app_client, with_url
 from sqlalchemy.engine import make_url
 
@@ -249,9 +248,8 @@ def test_readyz_answers_200_on_a_safe_database(database_url):
 
 
 def test_console_script_check_passes_on_a_healthy_database(database_url):
-    script = Path(sys.executable).parent / "todo-api"
     result = subprocess.run(
-        [str(script), "check"],
+        [str(TODO_API), "check"],
         env={**os.environ, "NEON_DATABASE_URL": database_url},
         capture_output=True,
         text=True,

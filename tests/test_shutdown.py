@@ -5,10 +5,7 @@ The request is held in flight deterministically: a superuser transaction locks `
 the request waits inside PostgreSQL (seen in pg_stat_activity) until the test lets it go.
 """
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,56 +13,17 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from cluster import PrivateCluster, free_port, migrated_cluster, wait_until
+from cluster import PrivateCluster, Server, migrated_cluster, wait_until
 from conftest import app_client, new_user
 
 TODOS = "/api/v1/todos"
 APP_NAME = "todo-shutdown-test"  # marks the server's connections in pg_stat_activity
-TODO_API = Path(sys.executable).parent / "todo-api"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PrivateCluster]:
     with migrated_cluster() as cluster:
         yield cluster
-
-
-class Server:
-    """`todo-api serve` as a subprocess on a free port; its output goes to a file."""
-
-    def __init__(self, database_url: str, workdir: Path):
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = workdir / "serve.log"
-        env = {
-            **os.environ,
-            "NEON_DATABASE_URL": database_url,
-            # Longer than the test holds a request, so only SIGTERM can end it early.
-            "DB_STATEMENT_TIMEOUT_MS": "60000",
-        }
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(
-                [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                cwd=workdir,  # no project .env
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def ready(self) -> bool:
-        assert self.process.poll() is None, f"the server exited:\n{self.output()}"
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
 
 
 def server_backends(conn: psycopg.Connection, waiting_on_lock: bool = False) -> int:
@@ -78,7 +36,10 @@ def server_backends(conn: psycopg.Connection, waiting_on_lock: bool = False) -> 
 def test_sigterm_finishes_the_request_in_flight_closes_the_pool_and_exits_0(
     cluster: PrivateCluster, tmp_path: Path
 ) -> None:
-    server = Server(cluster.url(application_name=APP_NAME), tmp_path)
+    # A statement timeout longer than the test holds a request: only SIGTERM can end it early.
+    server = Server(
+        cluster.url(application_name=APP_NAME), tmp_path, DB_STATEMENT_TIMEOUT_MS="60000"
+    )
     try:
         wait_until(server.ready, "the server to be ready")
         with (
