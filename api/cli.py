@@ -1,8 +1,10 @@
-"""The `todo-api` command: migrate, serve, check, psql."""
+"""The `todo-api` command: migrate, serve, check, psql, token."""
 
 import argparse
 import asyncio
+import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,12 +14,28 @@ from pathlib import Path
 from uuid import UUID
 
 import psycopg
+from pydantic import ValidationError
 
+from api import identity
 from api.main import configure_logging, pool_for
-from api.settings import get_settings
+from api.settings import Settings, get_settings
 from db import safety
-from db.connection import PROJECT_ROOT, resolve_url, sqlalchemy_url
+from db.connection import EMBEDDED_DATA, PROJECT_ROOT, resolve_url, sqlalchemy_url
 from db.transaction import RUNTIME_ROLE
+
+log = logging.getLogger("todo.cli")
+
+# The development issuer's secret lives beside the embedded database's data.
+DEV_KEY_FOLDER = EMBEDDED_DATA.parent
+TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def ttl_seconds(text: str) -> int:
+    """`90s`, `15m`, `1h` or `7d` in seconds."""
+    match = re.fullmatch(r"([1-9][0-9]{0,5})([smhd])", text)
+    if not match:
+        raise argparse.ArgumentTypeError("write it as a number and a unit: 90s, 15m, 1h or 7d")
+    return int(match[1]) * TTL_UNITS[match[2]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,12 +48,29 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--workers", type=int, default=1)
     commands.add_parser("check", help="verify that the database enforces per-user isolation")
     psql = commands.add_parser("psql", help=f"open psql as {RUNTIME_ROLE} with a user's context")
-    psql.add_argument("--user", type=UUID, required=True, help="the user id (a UUID)")
+    who = psql.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=UUID, help="the user id (a UUID)")
+    who.add_argument("--subject", help="a token's sub; the user id is derived as the API does")
+    psql.add_argument("--issuer", help="the token's iss (with --subject)")
+    token = commands.add_parser("token", help="print a token from the development issuer")
+    token.add_argument("--user", type=UUID, required=True, help="the user id (a UUID)")
+    token.add_argument("--ttl", type=ttl_seconds, default="1h", help="lifetime, e.g. 15m, 1h")
     args = parser.parse_args(argv)
+    if args.command == "psql" and (args.subject is None) != (args.issuer is None):
+        parser.error("--subject and --issuer go together")
 
     configure_logging()
     try:
-        url = resolve_url(get_settings().neon_database_url)
+        settings = get_settings()
+    except ValidationError as error:
+        sys.exit(f"todo-api: {settings_problems(error)}")
+    try:
+        if args.command == "token":
+            print_dev_token(settings, args.user, args.ttl)
+            return
+        if args.command == "serve" and not settings.identity_configured:
+            use_dev_issuer(settings.neon_database_url)
+        url = resolve_url(settings.neon_database_url)
     except ValueError as error:
         sys.exit(f"todo-api: {error}")
     if args.command == "migrate":
@@ -47,7 +82,40 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("todo-api: refusing to serve: this database does not enforce isolation.")
         serve_api(url, args.host, args.port, args.workers)
     elif args.command == "psql":
+        if args.subject is not None:
+            args.user = identity.user_id_for(args.issuer, args.subject)
         sys.exit(open_psql(url, args.user))
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, without pydantic's echo of the input (secrets too)."""
+    problems = []
+    for problem in error.errors():
+        setting = "".join(str(part) for part in problem["loc"]).upper()
+        message = problem["msg"].removeprefix("Value error, ")
+        problems.append(f"{setting}: {message}" if setting else message)
+    return "; ".join(problems)
+
+
+def use_dev_issuer(neon_database_url: str | None) -> None:
+    """With no identity configured, trust the development issuer, but only on the embedded
+    database: anywhere else, refuse (ValueError)."""
+    if neon_database_url:
+        raise ValueError(f"refusing to serve: {identity.NOT_CONFIGURED}")
+    # The environment carries it to the server (and to every worker process).
+    os.environ["AUTH_JWT_SECRET"] = identity.dev_secret(DEV_KEY_FOLDER)
+    os.environ["AUTH_ISSUER"] = identity.DEV_ISSUER
+    get_settings.cache_clear()
+    log.info("identity: the development issuer; `todo-api token --user <uuid>` prints a token")
+
+
+def print_dev_token(settings: Settings, user_id: UUID, ttl_s: int) -> None:
+    if settings.neon_database_url or settings.identity_configured:
+        raise ValueError(
+            "the development issuer is trusted only on the embedded database (NEON_DATABASE_URL"
+            " unset) with no AUTH_* identity configured: get tokens from your identity provider"
+        )
+    print(identity.dev_token(identity.dev_secret(DEV_KEY_FOLDER), user_id, ttl_s))
 
 
 def migrate(url: str) -> None:

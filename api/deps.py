@@ -1,14 +1,14 @@
 """Request dependencies: who is calling, and the transaction that acts for them."""
 
 from typing import Annotated
-from uuid import UUID
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BeforeValidator
 
 from api.errors import ApiError, FieldError
+from api.identity import Identity
 from db import todos
-from db.transaction import Transaction
+from db.transaction import Caller, Transaction
 
 MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
@@ -32,30 +32,18 @@ def _utf8_json(body: bytes) -> bool:
     return b"\x00" not in body
 
 
-async def caller_id(
-    request: Request,
-    _: Annotated[None, Depends(well_formed)],
-    # Required and a UUID, so /openapi.json says so; api.errors turns a missing or malformed
-    # header into MISSING_USER_CONTEXT or INVALID_USER_ID.
-    x_user_id: Annotated[
-        UUID,
-        Header(
-            description="The caller's id, a UUID, set by the trusted gateway in front of us.",
-            examples=["3f0c6e9e-8d3a-4c1b-9a57-0c6d2b7c9e11"],
-        ),
-    ],
-) -> UUID:
-    if len(request.headers.getlist("x-user-id")) > 1:
-        raise ApiError(400, "INVALID_USER_ID", "Send exactly one X-User-ID header.")
-    return x_user_id
+async def caller(request: Request, _: Annotated[None, Depends(well_formed)]) -> Caller:
+    """Who is calling, as the configured identity mode (api.identity) establishes it."""
+    identity: Identity = request.app.state.identity
+    return await identity.caller(request)
 
 
-UserIdDep = Annotated[UUID, Depends(caller_id)]
+CallerDep = Annotated[Caller, Depends(caller)]
 
 
-async def transaction(request: Request, user_id: UserIdDep) -> Transaction:
+async def transaction(request: Request, caller: CallerDep) -> Transaction:
     state = request.app.state
-    return Transaction(state.pool, user_id, state.settings.db_statement_timeout_ms)
+    return Transaction(state.pool, caller, state.settings.db_statement_timeout_ms)
 
 
 TxDep = Annotated[Transaction, Depends(transaction)]
@@ -77,7 +65,7 @@ def _true_or_false(value: object) -> object:
 
 async def page(
     # Unused here, but required: a missing or bad caller is reported before a bad cursor.
-    _: UserIdDep,
+    _: CallerDep,
     completed: Annotated[
         bool | None,
         Query(description="`true`: only completed todos; `false`: only open ones."),

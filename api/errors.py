@@ -19,6 +19,7 @@ from starlette.routing import Match
 log = logging.getLogger("todo.api")
 
 PROBLEM_JSON = "application/problem+json"
+RLS_REFUSAL = "new row violates row-level security policy"
 RETRY_AFTER_S = "2"
 MAX_FIELD_ERRORS = 20
 
@@ -72,16 +73,6 @@ def problem(error: ApiError) -> JSONResponse:
 
 def _from_validation(errors: Sequence[Any]) -> ApiError:
     """Map FastAPI's validation errors to the error table of docs/api.md."""
-    # Who is calling comes first: X-User-ID is the only header the API reads.
-    for error in errors:
-        if error["loc"][0] == "header":
-            if error["type"] == "missing":
-                return ApiError(
-                    400,
-                    "MISSING_USER_CONTEXT",
-                    "Send the caller's id as a UUID in the X-User-ID header.",
-                )
-            return ApiError(400, "INVALID_USER_ID", "X-User-ID must be a UUID.")
     for error in errors:
         source, *path = error["loc"]
         if source == "path":
@@ -165,9 +156,23 @@ def install(app: FastAPI) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(ApiError(500, "INTERNAL_ERROR", "Something went wrong on our side."))
 
+    @app.exception_handler(psycopg.errors.InsufficientPrivilege)
+    async def refused_by_policy(request: Request, error: Exception) -> JSONResponse:
+        # Our own policies never refuse what the handlers write; one added to policies.sql
+        # (on a token claim, say) may. Any other missing privilege is our fault: a 500.
+        assert isinstance(error, psycopg.Error)
+        if (error.diag.message_primary or "").startswith(RLS_REFUSAL):
+            return problem(ApiError(403, *EXAMPLES[403]))
+        return await internal_error(request, error)
+
 
 EXAMPLES = {
-    400: ("INVALID_USER_ID", "X-User-ID must be a UUID."),
+    400: ("HEADERS_TOO_LARGE", "The request headers are larger than 16 KiB."),
+    401: (
+        "MISSING_CREDENTIALS",
+        "Send a token from the identity provider as Authorization: Bearer <token>.",
+    ),
+    403: ("FORBIDDEN", "The database's access policies do not allow this."),
     404: ("NOT_FOUND", "No todo with this id exists for this user."),
     413: ("PAYLOAD_TOO_LARGE", "The request body is larger than 64 KiB."),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Send the body as JSON, with Content-Type: application/json."),
@@ -179,14 +184,17 @@ EXAMPLES = {
     ),
 }
 DESCRIPTIONS = {
-    400: "MISSING_USER_CONTEXT, INVALID_USER_ID, INVALID_TODO_ID, MALFORMED_BODY or"
-    " HEADERS_TOO_LARGE",
+    400: "INVALID_TODO_ID, MALFORMED_BODY, HEADERS_TOO_LARGE, or behind a trusted gateway"
+    " MISSING_USER_CONTEXT or INVALID_USER_ID",
+    401: "MISSING_CREDENTIALS, INVALID_TOKEN or TOKEN_EXPIRED, with a WWW-Authenticate header",
+    403: "FORBIDDEN: a policy added to policies.sql (on a token claim, say) refuses this",
     404: "NOT_FOUND: no such todo for this user (someone else's todo answers the same)",
     413: "PAYLOAD_TOO_LARGE: body over 64 KiB",
     415: "UNSUPPORTED_MEDIA_TYPE: body not sent as JSON",
     422: "VALIDATION_ERROR: see field_errors",
     500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE: database unreachable or timing out; retry after Retry-After seconds",
+    503: "SERVICE_UNAVAILABLE (database unreachable or timing out) or AUTH_UNAVAILABLE (no keys"
+    " from the identity provider yet); retry after Retry-After seconds",
 }
 
 
@@ -209,6 +217,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
+        if status == 401:
+            entry["headers"] = {
+                "WWW-Authenticate": {"description": "RFC 6750", "schema": {"type": "string"}}
+            }
         if status == 503:
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from api import errors
+from api import errors, identity
 from api.body_limit import BodySizeLimit
-from api.routes import ops, router
+from api.routes import PREFIX, ops, router
 from api.settings import Settings, get_settings
 from db.connection import Pool, resolve_url
 
@@ -19,7 +19,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("alembic.runtime.plugins", "pgserver"):
+    for chatty in ("alembic.runtime.plugins", "pgserver", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
@@ -38,6 +38,7 @@ def pool_for(settings: Settings, url: str) -> Pool:
 def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging()
     settings = settings or get_settings()
+    caller_identity = identity.from_settings(settings)  # fails closed: no identity, no app
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,8 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)
         app.state.pool = pool
         try:
+            await caller_identity.start()
             yield
         finally:
+            await caller_identity.close()
             await pool.close()
 
     app = FastAPI(
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.settings = settings
+    app.state.identity = caller_identity
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.include_router(router)
@@ -67,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus the Problem schema that every error response refers to."""
+    """FastAPI's document, plus the Problem schema that every error response refers to and
+    the identity mode's security scheme (so the docs page's Authorize button works)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -76,5 +81,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(problem.pop("$defs"))
         components["Problem"] = problem
+        schema["components"]["securitySchemes"] = {"caller": app.state.identity.scheme}
+        for path, operations in schema["paths"].items():
+            if path.startswith(PREFIX):
+                for operation in operations.values():
+                    operation["security"] = [{"caller": []}]
         app.openapi_schema = schema
     return app.openapi_schema

@@ -11,7 +11,7 @@ from db import safety, todos
 from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
 
 PREFIX = "/api/v1/todos"
-COMMON = (400, 422, 500, 503)
+COMMON = (400, 401, 403, 422, 500, 503)
 
 router = APIRouter(prefix=PREFIX, tags=["todos"])
 

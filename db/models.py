@@ -10,7 +10,7 @@ from typing import Annotated
 
 import sqlmodel
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_serializer
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, String, func, text
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, String, Text, func, text
 from sqlmodel import SQLModel
 
 TITLE_MAX = 255
@@ -24,6 +24,9 @@ class User(SQLModel, table=True):
     created_at: datetime = sqlmodel.Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
+    # The token's `iss` and `sub` this user was created from; null behind a trusted gateway.
+    issuer: str | None = sqlmodel.Field(sa_column=Column(Text, nullable=True))
+    subject: str | None = sqlmodel.Field(sa_column=Column(Text, nullable=True))
 
 
 class Todo(SQLModel, table=True):

@@ -29,9 +29,10 @@ class Check:
     fix: str = ""
 
 
-def expected_policies() -> list[tuple[str, str]]:
-    """(policy, table) pairs that policies.sql creates."""
-    return re.findall(r"CREATE POLICY (\w+) ON (\w+)", _policies())
+def expected_policies() -> list[tuple[str, str, bool]]:
+    """(policy, table, restrictive) for each policy that policies.sql creates."""
+    found = re.findall(r"CREATE POLICY (\w+) ON (\w+)(\s+AS RESTRICTIVE)?", _policies())
+    return [(policy, table, bool(restrictive)) for policy, table, restrictive in found]
 
 
 def expected_privileges() -> set[tuple[str, str]]:
@@ -112,16 +113,16 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
         rls, forced = tables[table]
         checks.append(Check(f"RLS enabled on {table}", rls, REAPPLY_FIX))
         checks.append(Check(f"RLS forced on {table}", forced, REAPPLY_FIX))
-    expected = {(table, policy) for policy, table in expected_policies()}
+    restrictive = {(table, policy) for policy, table, narrows in expected_policies() if narrows}
+    expected = {(table, policy) for policy, table, _ in expected_policies()}
     for table, policy in sorted(expected):
-        test = OWNER_TEST.format(OWNER_COLUMN[table])
-        as_written = policies.get((table, policy)) == (
-            "PERMISSIVE",
-            [RUNTIME_ROLE],
-            "ALL",
-            test,
-            test,
-        )
+        found = policies.get((table, policy))
+        if (table, policy) in restrictive:
+            # A restrictive policy can only narrow what the owner test allows, e.g. by a claim.
+            as_written = found is not None and found[:2] == ("RESTRICTIVE", [RUNTIME_ROLE])
+        else:
+            test = OWNER_TEST.format(OWNER_COLUMN[table])
+            as_written = found == ("PERMISSIVE", [RUNTIME_ROLE], "ALL", test, test)
         checks.append(
             Check(f"policy {policy} on {table} as policies.sql writes it", as_written, REAPPLY_FIX)
         )
@@ -204,7 +205,7 @@ async def _switch_check(conn: AsyncConnection) -> Check:
     name = f"connecting role can switch to {RUNTIME_ROLE}, and sees no rows without a user"
     try:
         async with conn.transaction():
-            await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "5000"), prepare=False)
+            await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "{}", "5000"), prepare=False)
             [(visible,)] = await _rows(conn, "SELECT count(*) FROM todos")
     except psycopg.errors.InsufficientPrivilege:
         return Check(name, False, f"as an admin: GRANT {RUNTIME_ROLE} TO <the connecting role>")

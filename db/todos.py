@@ -14,7 +14,9 @@ from db.transaction import Transaction
 COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at"
 
 # A user's row is created by their first write, in the same transaction.
-ENSURE_USER = "INSERT INTO users (id) VALUES (%s) ON CONFLICT (id) DO NOTHING"
+ENSURE_USER = (
+    "INSERT INTO users (id, issuer, subject) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING"
+)
 
 
 Position = tuple[datetime, UUID]  # (created_at, id) of the last todo on a page
@@ -51,7 +53,8 @@ async def create(tx: Transaction, todo: TodoCreate) -> TodoPublic:
         f" VALUES (%s, %s, %s, %s) RETURNING {COLUMNS}"
     )
     params = (tx.user_id, todo.title, todo.description, todo.is_completed)
-    [row] = await tx.fetch((ENSURE_USER, (tx.user_id,)), (insert, params))
+    user = (tx.user_id, tx.caller.issuer, tx.caller.subject)
+    [row] = await tx.fetch((ENSURE_USER, user), (insert, params))
     return TodoPublic.model_validate(row)
 
 

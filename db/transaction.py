@@ -1,6 +1,7 @@
 """The per-request transaction: the one place a request touches the database."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -14,11 +15,14 @@ RUNTIME_ROLE = "todo_app"
 
 # First statement of every transaction. Bind parameters, never string formatting;
 # `true` makes each setting transaction-local, so nothing outlives the transaction.
+# request.jwt.claims carries the verified token's claims (`{}` behind a trusted gateway) for
+# policies that read them, as PostgREST, Supabase and the Neon Data API name it.
 # The pinned search_path puts pg_temp last: a temporary table that someone with the
 # service's credentials left on a pooled connection cannot shadow `todos` or `users`.
 SET_CONTEXT = """
 SELECT set_config('role', %s, true),
        set_config('app.user_id', %s, true),
+       set_config('request.jwt.claims', %s, true),
        set_config('statement_timeout', %s, true),
        set_config('search_path', 'public, pg_temp', true)
 """
@@ -26,13 +30,30 @@ SELECT set_config('role', %s, true),
 Statement = tuple[QueryNoTemplate, Sequence[Any]]
 
 
-class Transaction:
-    """One request's database work, run as `todo_app` on behalf of one user."""
+@dataclass(frozen=True)
+class Caller:
+    """Who a request acts for. Behind a trusted gateway there is no token: no issuer, no
+    subject, and no claims."""
 
-    def __init__(self, pool: Pool, user_id: UUID, statement_timeout_ms: int):
+    user_id: UUID
+    issuer: str | None = None
+    subject: str | None = None
+    claims: str = "{}"  # the verified JWT claims, as JSON
+
+
+class Transaction:
+    """One request's database work, run as `todo_app` on behalf of one caller."""
+
+    def __init__(self, pool: Pool, caller: Caller, statement_timeout_ms: int):
         self.pool = pool
-        self.user_id = user_id
-        self._context = (RUNTIME_ROLE, str(user_id), str(statement_timeout_ms))
+        self.caller = caller
+        self.user_id = caller.user_id
+        self._context = (
+            RUNTIME_ROLE,
+            str(caller.user_id),
+            caller.claims,
+            str(statement_timeout_ms),
+        )
 
     async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
         """Run the statements in one transaction and return the rows of the last one.

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from issuer import ISSUER
 
 PGSERVER_USER = "pgserver"  # created by pgserver when it first runs as root
 TODO_API = Path(sys.executable).parent / "todo-api"
@@ -175,7 +176,8 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
 class Server:
     """`todo-api serve` as a subprocess on a free port, with `env` added to this process's
     environment; its output goes to a file in `workdir`, which is also its cwd (so no
-    project .env is read)."""
+    project .env is read). It trusts the test identity provider (ISSUER.env()) unless `env`
+    says otherwise (an empty variable counts as unset)."""
 
     def __init__(self, database_url: str, workdir: Path, **env: str):
         port = free_port()
@@ -184,7 +186,7 @@ class Server:
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
                 [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env={**os.environ, "NEON_DATABASE_URL": database_url, **env},
+                env={**os.environ, **ISSUER.env(), "NEON_DATABASE_URL": database_url, **env},
                 cwd=workdir,
                 stdout=log,
                 stderr=subprocess.STDOUT,

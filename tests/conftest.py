@@ -1,14 +1,19 @@
 """Fixtures: a real PostgreSQL (TEST_DATABASE_URL, or the embedded one), a fresh database
-per run created with sqlalchemy-utils and dropped afterwards, and the app in front of it."""
+per run created with sqlalchemy-utils and dropped afterwards, and the app in front of it.
+
+The app runs as in production: callers send bearer tokens from the test identity provider
+(tests/issuer.py). `header_client` runs it behind a trusted gateway instead (X-User-ID)."""
 
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import jwt
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from issuer import ISSUER
 from sqlalchemy.engine import make_url
 from sqlalchemy_utils import create_database, drop_database
 
@@ -60,8 +65,21 @@ def database_url(make_database: Callable[..., str]) -> str:
     return make_database()
 
 
-def app_client(url: str) -> TestClient:
-    return TestClient(create_app(Settings(neon_database_url=url)))
+# Bearer tokens from ISSUER, verified against its JWKS: the production mode.
+BEARER = {"auth_jwks_url": ISSUER.jwks_url, "auth_issuer": ISSUER.url, "auth_audience": ISSUER.url}
+TRUSTED_HEADER = {"auth_trusted_header": "X-User-ID"}
+IDENTITY_MODES = ("auth_jwks_url", "auth_jwt_secret", "auth_trusted_header")
+
+
+def app_settings(url: str, **settings: object) -> Settings:
+    """Settings for the app on `url`: bearer mode trusting ISSUER, unless `settings` choose
+    another identity mode; `settings` override the rest."""
+    identity = {} if IDENTITY_MODES & settings.keys() else BEARER
+    return Settings(neon_database_url=url, **{**identity, **settings})
+
+
+def app_client(url: str, **settings: object) -> TestClient:
+    return TestClient(create_app(app_settings(url, **settings)))
 
 
 @pytest.fixture(scope="session")
@@ -70,14 +88,39 @@ def client(database_url: str) -> Iterator[TestClient]:
         yield test_client
 
 
+@pytest.fixture(scope="session")
+def header_client(database_url: str) -> Iterator[TestClient]:
+    """The app behind a trusted gateway that names the caller in X-User-ID."""
+    with app_client(database_url, **TRUSTED_HEADER) as test_client:
+        yield test_client
+
+
 def new_user() -> dict[str, str]:
-    """Headers of a brand-new caller."""
+    """Headers of a brand-new caller: a bearer token for a new UUID subject."""
+    return ISSUER.headers(str(uuid.uuid4()))
+
+
+def new_header_user() -> dict[str, str]:
+    """Headers of a brand-new caller behind the trusted gateway (header_client)."""
     return {"X-User-ID": str(uuid.uuid4())}
+
+
+def id_of(user: dict[str, str]) -> str:
+    """The user id that `user`'s headers name: its token's subject, or its X-User-ID."""
+    if "X-User-ID" in user:
+        return user["X-User-ID"]
+    token = user["Authorization"].removeprefix("Bearer ")
+    return jwt.decode(token, options={"verify_signature": False})["sub"]
 
 
 @pytest.fixture
 def user() -> dict[str, str]:
     return new_user()
+
+
+@pytest.fixture
+def header_user() -> dict[str, str]:
+    return new_header_user()
 
 
 @pytest.fixture

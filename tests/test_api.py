@@ -4,16 +4,18 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from conftest import app_settings, id_of
 from fastapi.testclient import TestClient
+from issuer import ISSUER
 
 from api.main import create_app
-from api.settings import Settings
 
 TODOS = "/api/v1/todos"
 PROBLEM_JSON = "application/problem+json"
 LEAKS = ("Traceback", "psycopg", "SELECT", "sqlalchemy", "pydantic")
 SOME_ID = "0b9c2f4e-6d1a-4c3b-8e5f-7a9d1c2b3e4f"
 MAX_BODY = 64 * 1024
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
 
 
 def create(client, user, **fields):
@@ -46,6 +48,14 @@ def assert_problem(response, status, error_code):
     return body
 
 
+def assert_caller_refused(response, status, error_code):
+    """A 400 from the trusted-header mode, or a 401 with its RFC 6750 challenge."""
+    assert_problem(response, status, error_code)
+    if status == 401:
+        challenge = "Bearer" if error_code == "MISSING_CREDENTIALS" else INVALID_TOKEN_CHALLENGE
+        assert response.headers["www-authenticate"] == challenge
+
+
 def assert_invalid(response, field):
     body = assert_problem(response, 422, "VALIDATION_ERROR")
     assert all(error.keys() == {"field", "message"} for error in body["field_errors"])
@@ -67,24 +77,39 @@ ENDPOINTS = [
 ]
 
 
+# Behind a trusted gateway (header_client): the caller is the X-User-ID header.
 BAD_USER_HEADERS = [
     ({}, "MISSING_USER_CONTEXT"),
     ({"X-User-ID": "not-a-uuid"}, "INVALID_USER_ID"),
     ({"X-User-ID": ""}, "INVALID_USER_ID"),
     ({"X-User-ID": "1234"}, "INVALID_USER_ID"),
+    (ISSUER.headers(SOME_ID), "MISSING_USER_CONTEXT"),  # a token means nothing here
+]
+# With bearer tokens (client, the production mode) an X-User-ID header names nobody.
+BAD_CREDENTIALS = [
+    ({}, "MISSING_CREDENTIALS"),
+    ({"X-User-ID": SOME_ID}, "MISSING_CREDENTIALS"),
+    ({"Authorization": "Basic dXNlcjpwYXNzd29yZA=="}, "MISSING_CREDENTIALS"),
+    ({"Authorization": "Bearer not-a-jwt"}, "INVALID_TOKEN"),
+]
+# (the client fixture, headers, status, error_code)
+BAD_CALLERS = [
+    *[("header_client", headers, 400, code) for headers, code in BAD_USER_HEADERS],
+    *[("client", headers, 401, code) for headers, code in BAD_CREDENTIALS],
 ]
 
 
-@pytest.mark.parametrize(("headers", "error_code"), BAD_USER_HEADERS)
+@pytest.mark.parametrize(("app", "headers", "status", "error_code"), BAD_CALLERS)
 @pytest.mark.parametrize(("method", "url", "body"), ENDPOINTS)
-def test_request_without_a_valid_user_id_is_rejected(
-    client, method, url, body, headers, error_code
+def test_request_without_a_valid_caller_is_rejected(
+    request, app, method, url, body, headers, status, error_code
 ):
-    response = client.request(method, url, json=body, headers=headers)
-    assert_problem(response, 400, error_code)
+    response = request.getfixturevalue(app).request(method, url, json=body, headers=headers)
+    assert_caller_refused(response, status, error_code)
 
 
-# The UUID spellings docs/api.md promises, and the ones it says are refused.
+# The UUID spellings docs/api.md promises (for X-User-ID behind a trusted gateway, and for
+# the todo id), and the ones it says are refused.
 SPELLINGS = {
     str.upper: True,
     lambda u: u.replace("-", ""): True,
@@ -98,9 +123,12 @@ SPELLINGS = {
 
 
 @pytest.mark.parametrize(("spell", "accepted"), SPELLINGS.items())
-def test_uuid_spellings_name_the_same_user_and_todo_or_are_refused(client, user, spell, accepted):
+def test_uuid_spellings_name_the_same_user_and_todo_or_are_refused(
+    header_client, header_user, spell, accepted
+):
+    client, user = header_client, header_user
     todo = create(client, user)
-    other_spelling = {"X-User-ID": spell(user["X-User-ID"])}
+    other_spelling = {"X-User-ID": spell(id_of(user))}
     response = client.get(f"{TODOS}/{spell(todo['id'])}", headers=other_spelling)
     if accepted:
         assert response.json() == todo
@@ -174,7 +202,7 @@ def test_create_without_title_is_rejected(client, user):
 def test_rejected_create_does_not_create_the_user(client, user, sql):
     client.post(TODOS, json={"title": ""}, headers=user)
     client.get(TODOS, headers=user)
-    assert sql.execute("SELECT 1 FROM users WHERE id = %s", (user["X-User-ID"],)).fetchall() == []
+    assert sql.execute("SELECT 1 FROM users WHERE id = %s", (id_of(user),)).fetchall() == []
 
 
 def test_longest_allowed_title_and_description_are_accepted(client, user):
@@ -247,7 +275,7 @@ def test_chunked_body_over_64_kib_is_refused(client, user):
 
 
 def test_an_unexpected_error_is_a_500_problem_that_says_nothing_inside(database_url, caplog):
-    app = create_app(Settings(neon_database_url=database_url))
+    app = create_app(app_settings(database_url))
 
     @app.get("/boom")
     async def boom() -> None:
@@ -264,7 +292,7 @@ def test_create_returns_the_new_todo_with_defaults(client, user):
     todo = response.json()
     assert response.headers["location"] == f"{TODOS}/{todo['id']}"
     assert uuid.UUID(todo["id"])
-    assert todo["user_id"] == user["X-User-ID"]
+    assert todo["user_id"] == id_of(user)
     assert (todo["title"], todo["description"], todo["is_completed"]) == ("Buy milk", None, False)
     assert parse_time(todo["created_at"]) == parse_time(todo["updated_at"])
 
@@ -327,12 +355,12 @@ def ids(todos):
 
 
 def insert_todos(sql, user, count):
-    sql.execute("INSERT INTO users (id) VALUES (%s)", (user["X-User-ID"],))
+    sql.execute("INSERT INTO users (id) VALUES (%s)", (id_of(user),))
     sql.execute(
         "INSERT INTO todos (user_id, title, created_at)"
         " SELECT %s, 'todo ' || n, now() - n * interval '1 second'"
         " FROM generate_series(1, %s) AS n",
-        (user["X-User-ID"], count),
+        (id_of(user), count),
     )
 
 
@@ -363,7 +391,7 @@ def create_with_same_created_at(client, user, sql, count):
     created = [create(client, user, title=f"todo {n}") for n in range(count)]
     sql.execute(
         "UPDATE todos SET created_at = '2024-01-01T00:00:00Z' WHERE user_id = %s",
-        (user["X-User-ID"],),
+        (id_of(user),),
     )
     return sorted(ids(created), key=uuid.UUID, reverse=True)
 
@@ -438,10 +466,28 @@ def test_list_with_invalid_parameter_is_rejected(client, user, params, field):
     assert_invalid(client.get(TODOS, params=params, headers=user), field)
 
 
-@pytest.mark.parametrize(("headers", "error_code"), BAD_USER_HEADERS)
-def test_the_caller_is_checked_before_the_parameters(client, headers, error_code):
+@pytest.mark.parametrize(("app", "headers", "status", "error_code"), BAD_CALLERS)
+def test_the_caller_is_checked_before_the_parameters(request, app, headers, status, error_code):
     params = {"cursor": "garbage", "limit": "0", "completed": "maybe"}
-    assert_problem(client.get(TODOS, params=params, headers=headers), 400, error_code)
+    response = request.getfixturevalue(app).get(TODOS, params=params, headers=headers)
+    assert_caller_refused(response, status, error_code)
+
+
+@pytest.mark.parametrize(
+    ("app", "scheme"),
+    [
+        ("client", {"type": "http", "scheme": "bearer"}),
+        ("header_client", {"type": "apiKey", "in": "header", "name": "X-User-ID"}),
+    ],
+)
+def test_openapi_says_how_a_caller_identifies(request, app, scheme):
+    spec = request.getfixturevalue(app).get("/openapi.json").json()
+    [(name, declared)] = spec["components"]["securitySchemes"].items()
+    assert scheme.items() <= declared.items()
+    for path, methods in spec["paths"].items():
+        for operation in methods.values():
+            expected = [{name: []}] if path.startswith("/api/v1/") else None
+            assert operation.get("security") == expected, path
 
 
 def test_openapi_documents_problem_responses_for_every_operation(client):
@@ -456,7 +502,7 @@ def test_openapi_documents_problem_responses_for_every_operation(client):
     assert len(operations) == 5
     for path, method, operation in operations:
         errors = {code: r for code, r in operation["responses"].items() if int(code) >= 400}
-        expected = {"400", "422", "500", "503"} | ({"404"} if "{todo_id}" in path else set())
+        expected = {"400", "401", "422", "500", "503"} | ({"404"} if "{todo_id}" in path else set())
         assert expected <= errors.keys(), (method, path)
         for code, response in errors.items():
             content = response["content"]

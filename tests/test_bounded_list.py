@@ -24,7 +24,7 @@ import httpx
 import psycopg
 import pytest
 from cluster import Server, wait_until
-from conftest import new_user
+from conftest import id_of, new_user
 
 TODOS = "/api/v1/todos"
 TODO_COUNT = 150_000
@@ -50,7 +50,7 @@ def seeded(make_database: Callable[..., str]) -> tuple[str, dict[str, str]]:
     url = make_database()
     heavy = new_user()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(SEED, {"user": heavy["X-User-ID"], "count": TODO_COUNT})
+        conn.execute(SEED, {"user": id_of(heavy), "count": TODO_COUNT})
         conn.execute("ANALYZE todos")
     return url, heavy
 

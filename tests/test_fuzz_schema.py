@@ -9,23 +9,26 @@ This module also holds what the other fuzz and model tests share: the hypothesis
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import jsonschema_rs  # the validator schemathesis itself uses
+import jwt
 import pytest
 import requests
 import schemathesis
 import uvicorn
+from conftest import app_settings, new_user
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from issuer import ISSUER
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import positive_data_acceptance
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.errors import FailureGroup
 
 from api.main import create_app
-from api.settings import Settings
 
 settings.register_profile(
     "fuzz-bounded",
@@ -52,16 +55,17 @@ def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
 
 
 @contextmanager
-def serving(database_url: str) -> Iterator[str]:
+def serving(database_url: str, **settings: object) -> Iterator[str]:
     """The service under uvicorn on 127.0.0.1, at a port the OS chose; yields its base URL.
-    The socket listens before the server starts, so early requests wait in the backlog."""
+    The socket listens before the server starts, so early requests wait in the backlog.
+    It takes bearer tokens from the test identity provider unless `settings` say otherwise."""
     # IPPROTO_TCP spelled out: the asyncio loop sets TCP_NODELAY only on sockets that say so;
     # without it every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen()
     port = sock.getsockname()[1]
-    app = create_app(Settings(neon_database_url=database_url))
+    app = create_app(app_settings(database_url, **settings))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=_serve, args=(server, sock))
     thread.start()
@@ -89,50 +93,59 @@ def session() -> Iterator[requests.Session]:
         yield http
 
 
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 # Characters a header value may hold (RFC 9110: VCHAR, obs-text, inner spaces). Others, DEL
 # or CR for instance, make an invalid HTTP message, which uvicorn refuses before the app.
 HEADER_TEXT = st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=64
 )
+FORGER = ed25519.Ed25519PrivateKey.generate()  # not the provider's key
+
+
+def forged(sub: str) -> str:
+    """A token that names the provider's key but is signed with another."""
+    return jwt.encode(ISSUER.claims(sub), FORGER, algorithm="EdDSA", headers={"kid": ISSUER.kid()})
+
+
+SUBJECTS = st.uuids().map(str)
+# The caller's headers: a token for a new user, none, or credentials that name nobody.
 CALLERS = {
-    "valid": st.uuids().map(str),
-    "missing": st.none(),
+    "valid": SUBJECTS.map(ISSUER.headers),
+    "missing": st.just({}),
     "invalid": st.one_of(
-        HEADER_TEXT,
-        st.builds("{}{}".format, st.uuids(), HEADER_TEXT),  # a UUID with something after it
-    )
-    .map(str.strip)
-    .filter(lambda value: not is_uuid(value)),
+        HEADER_TEXT,  # no "Bearer" scheme, mostly
+        HEADER_TEXT.map("Bearer {}".format),  # not a JWT
+        SUBJECTS.map(lambda sub: "Bearer " + ISSUER.token(sub, ttl_s=-3600)),  # expired
+        SUBJECTS.map(lambda sub: "Bearer " + forged(sub)),
+    ).map(lambda value: {"Authorization": value.strip()}),
 }
 
 
-def call_and_validate(case: Case, session: requests.Session) -> None:
+def call_and_validate(case: Case, session: requests.Session, caller: dict[str, str]) -> None:
+    """Send `case` with the caller's headers instead of the credentials schemathesis generated
+    from the document's security scheme, unless it left them out or broke them on purpose
+    (the only header the document declares is Authorization). The caller's are also passed
+    as explicit headers: then on a success schemathesis' ignored_auth check sends the request
+    again without credentials and with made-up ones, which must be refused."""
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
+        caller = {}
+    else:
+        headers = {
+            name: value
+            for name, value in (case.headers or {}).items()
+            if name.lower() != "authorization"
+        }
+        case.headers = {**headers, **caller}
     # A cursor is opaque: only one the API issued is valid, which no schema can say, so a
     # made-up one is refused with 422 even though it fits the documented string.
     excluded = [positive_data_acceptance] if "cursor" in case.query else []
-    case.call_and_validate(session=session, excluded_checks=excluded)
+    case.call_and_validate(session=session, headers=caller or None, excluded_checks=excluded)
 
 
-def with_caller(case: Case, caller: str | None) -> None:
-    headers = {name: value for name, value in case.headers.items() if name.lower() != "x-user-id"}
-    if caller is not None:
-        headers["X-User-ID"] = caller
-    case.headers = headers
-
-
-def aim_at_own_todo(case: Case, caller: str, session: requests.Session, base_url: str) -> None:
+def aim_at_own_todo(
+    case: Case, caller: dict[str, str], session: requests.Session, base_url: str
+) -> None:
     """Point the case at a todo the caller owns, so GET, PATCH and DELETE get past 404."""
-    created = session.post(
-        base_url + TODOS, json={"title": "fuzz target"}, headers={"X-User-ID": caller}
-    )
+    created = session.post(base_url + TODOS, json={"title": "fuzz target"}, headers=caller)
     assert created.status_code == 201, created.text
     case.path_parameters = {**case.path_parameters, "todo_id": created.json()["id"]}
 
@@ -146,7 +159,7 @@ def takes_input(operation: APIOperation) -> bool:
 @pytest.mark.parametrize("caller", list(CALLERS))
 def test_fuzzed_requests_get_documented_answers(api_schema, base_url, session, caller, mode):
     # Each operation gets its own budget, so that no operation's bugs hide behind the others'.
-    # Without a valid caller every request stops at the header check: a smaller one will do.
+    # Without a valid caller every request stops at the token check: a smaller one will do.
     budget = FUZZ if caller == "valid" else FEWER
     for result in api_schema.get_all_operations():
         operation = result.ok()
@@ -156,14 +169,13 @@ def test_fuzzed_requests_get_documented_answers(api_schema, base_url, session, c
         @budget
         @given(
             case=operation.as_strategy(generation_mode=mode),
-            caller_id=CALLERS[caller],
+            caller_headers=CALLERS[caller],
             own_todo=st.booleans() if caller == "valid" else st.just(False),
         )
-        def check(case: Case, caller_id: str | None, own_todo: bool) -> None:
-            with_caller(case, caller_id)
+        def check(case: Case, caller_headers: dict[str, str], own_todo: bool) -> None:
             if own_todo and "todo_id" in case.path_parameters:
-                aim_at_own_todo(case, caller_id, session, base_url)
-            call_and_validate(case, session)
+                aim_at_own_todo(case, caller_headers, session, base_url)
+            call_and_validate(case, session, caller_headers)
 
         check()
 
@@ -180,11 +192,12 @@ def coverage_cases(schema: schemathesis.BaseSchema) -> Iterator[Case]:
 
 def test_coverage_cases_get_documented_answers(api_schema, session):
     """Schemathesis' deterministic cases: boundary values, each required part missing or of
-    the wrong type, undocumented methods. All run; every failure is reported."""
+    the wrong type, undocumented methods. All run; every failure is reported. Each is sent by
+    a valid caller (schemathesis' own token is empty), so that it gets past the token check."""
     failures = []
     for case in coverage_cases(api_schema):
         try:
-            call_and_validate(case, session)
+            call_and_validate(case, session, new_user())
         except FailureGroup as failure:
             failures.append(str(failure))
     assert not failures, "\n".join(failures)
@@ -201,5 +214,5 @@ def test_the_document_says_which_texts_are_accepted(api_schema, base_url, sessio
     documented = jsonschema_rs.validator_for(
         api_schema.raw_schema["components"]["schemas"]["TodoCreate"]
     )
-    response = session.post(base_url + TODOS, json=fields, headers={"X-User-ID": str(uuid.uuid4())})
+    response = session.post(base_url + TODOS, json=fields, headers=new_user())
     assert response.status_code == (201 if documented.is_valid(fields) else 422), response.text

@@ -1,21 +1,27 @@
 """Hostile headers and bodies, sent to the running service over a real socket (and, where
 the HTTP server would step in first, to the app itself): each gets a clear 4xx and leaves
-the database exactly as it was."""
+the database exactly as it was.
+
+The service runs as in production, taking bearer tokens; what concerns the header that names
+the caller is also sent to a second one behind a trusted gateway (X-User-ID)."""
 
 import json
 import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.client import HTTPResponse
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
+from conftest import TRUSTED_HEADER, id_of, new_header_user, new_user
 from hypothesis import given
 from hypothesis import strategies as st
-from test_api import TODOS, assert_problem
+from issuer import ISSUER
+from test_api import PROBLEM_JSON, TODOS, assert_problem
 from test_fuzz_schema import FUZZ, serving
 
 BODY = b'{"title": "hostile"}'
@@ -23,16 +29,53 @@ JSON = {"Content-Type": "application/json"}
 MAX_HEADERS = 16 * 1024
 
 
-@pytest.fixture(scope="module")
-def base_url(database_url: str) -> Iterator[str]:
-    with serving(database_url) as url:
-        yield url
+@dataclass
+class Mode:
+    """A running service in one identity mode, and the header its callers name themselves in."""
+
+    base_url: str
+    http: httpx.Client
+    header: str
+    scheme: str  # what precedes the credentials in that header
+    refusal: tuple[int, str]  # the answer to credentials that name nobody
+
+    def secret(self, user_id: str) -> str:
+        return ISSUER.token(user_id) if self.scheme else user_id
+
+    def credentials(self, user_id: str) -> str:
+        return self.scheme + self.secret(user_id)
+
+    def line(self, user_id: str, inject: bytes = b"") -> bytes:
+        """The header line naming `user_id`, with `inject` just before the secret."""
+        name, scheme, secret = self.header.encode(), self.scheme.encode(), self.secret(user_id)
+        return b"%s: %s%s%s" % (name, scheme, inject, secret.encode())
 
 
 @pytest.fixture(scope="module")
-def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url) as client:
-        yield client
+def bearer(database_url: str) -> Iterator[Mode]:
+    with serving(database_url) as url, httpx.Client(base_url=url) as client:
+        yield Mode(url, client, "Authorization", "Bearer ", (401, "INVALID_TOKEN"))
+
+
+@pytest.fixture(scope="module")
+def trusted_header(database_url: str) -> Iterator[Mode]:
+    with serving(database_url, **TRUSTED_HEADER) as url, httpx.Client(base_url=url) as client:
+        yield Mode(url, client, "X-User-ID", "", (400, "INVALID_USER_ID"))
+
+
+@pytest.fixture(params=["bearer", "trusted_header"])
+def mode(request: pytest.FixtureRequest) -> Mode:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def base_url(bearer: Mode) -> str:
+    return bearer.base_url
+
+
+@pytest.fixture(scope="module")
+def http(bearer: Mode) -> httpx.Client:
+    return bearer.http
 
 
 @pytest.fixture
@@ -102,11 +145,18 @@ INJECTIONS = [
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
-@pytest.mark.parametrize("user_id", INJECTIONS)
-def test_injection_in_x_user_id_is_refused(http, db, method, user_id):
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_injection_in_the_caller_header_is_refused(mode, db, method, injection):
+    headers = {**JSON, mode.header: (mode.scheme + injection).strip()}
     with stores_nothing(db):
-        response = http.request(method, TODOS, content=BODY, headers={**JSON, "X-User-ID": user_id})
-    assert_problem(response, 400, "INVALID_USER_ID")
+        response = mode.http.request(method, TODOS, content=BODY, headers=headers)
+    assert_problem(response, *mode.refusal)
+
+
+def test_x_user_id_next_to_a_token_names_nobody(http, user):
+    response = http.post(TODOS, content=BODY, headers={**JSON, **user, "X-User-ID": B})
+    assert response.status_code == 201, response.text
+    assert response.json()["user_id"] == id_of(user)
 
 
 # Header values that may or may not spell a UUID: near misses and other spellings of one.
@@ -126,9 +176,9 @@ USER_IDS = st.one_of(
 
 @FUZZ
 @given(user_id=USER_IDS)
-def test_a_header_acts_for_the_uuid_it_spells_or_for_nobody(http, db, user_id):
+def test_a_header_acts_for_the_uuid_it_spells_or_for_nobody(trusted_header, db, user_id):
     before = snapshot(db)
-    response = http.post(TODOS, content=BODY, headers={**JSON, "X-User-ID": user_id})
+    response = trusted_header.http.post(TODOS, content=BODY, headers={**JSON, "X-User-ID": user_id})
     if response.status_code == 201:
         assert response.json()["user_id"] == str(uuid.UUID(user_id))
     else:
@@ -136,27 +186,42 @@ def test_a_header_acts_for_the_uuid_it_spells_or_for_nobody(http, db, user_id):
         assert snapshot(db) == before
 
 
-@pytest.mark.parametrize(
-    "names_and_values",
-    [
-        [("X-User-ID", A), ("X-User-ID", A)],
-        [("X-User-ID", A), ("X-User-ID", B)],
-        [("x-user-id", A), ("X-USER-ID", B)],
-        [("X-User-ID", A), ("X-User-ID", "")],
-    ],
-    ids=["same", "different", "case", "second-empty"],
-)
+@FUZZ
+@given(credentials=st.one_of(HEADER_TEXT, HEADER_TEXT.map("Bearer {}".format), USER_IDS))
+def test_made_up_credentials_act_for_nobody(http, db, credentials):
+    before = snapshot(db)
+    response = http.post(
+        TODOS, content=BODY, headers={**JSON, "Authorization": credentials.strip()}
+    )
+    error_code = response.json().get("error_code")
+    assert error_code in ("MISSING_CREDENTIALS", "INVALID_TOKEN"), response.text
+    assert_problem(response, 401, error_code)
+    assert snapshot(db) == before
+
+
+DUPLICATES = {
+    "same": lambda name, a, b: [(name, a), (name, a)],
+    "different": lambda name, a, b: [(name, a), (name, b)],
+    "case": lambda name, a, b: [(name.lower(), a), (name.upper(), b)],
+    "second-empty": lambda name, a, b: [(name, a), (name, "")],
+}
+
+
+@pytest.mark.parametrize("duplicate", DUPLICATES.values(), ids=DUPLICATES.keys())
 @pytest.mark.parametrize("method", ["POST", "GET"])
-def test_duplicated_x_user_id_is_refused(http, db, method, names_and_values):
+def test_duplicated_caller_header_is_refused(mode, db, method, duplicate):
+    a, b = mode.credentials(A), mode.credentials(B)
     with stores_nothing(db):
-        response = http.request(
-            method, TODOS, content=BODY, headers=[*JSON.items(), *names_and_values]
+        response = mode.http.request(
+            method, TODOS, content=BODY, headers=[*JSON.items(), *duplicate(mode.header, a, b)]
         )
-    assert_problem(response, 400, "INVALID_USER_ID")
+    assert_problem(response, *mode.refusal)
 
 
 HUGE_HEADERS = {
-    "huge X-User-ID": lambda user: {"X-User-ID": user["X-User-ID"] + "0" * MAX_HEADERS},
+    "huge caller header": lambda user: {
+        name: value + "0" * MAX_HEADERS for name, value in user.items()
+    },
     "huge other header": lambda user: {**user, "X-Padding": "p" * MAX_HEADERS},
     "many headers": lambda user: {
         **user,
@@ -165,21 +230,25 @@ HUGE_HEADERS = {
 }
 
 
+@pytest.mark.parametrize(
+    ("app", "new_caller"), [("client", new_user), ("header_client", new_header_user)]
+)
 @pytest.mark.parametrize("headers", HUGE_HEADERS.values(), ids=HUGE_HEADERS.keys())
-def test_huge_headers_are_refused_by_the_app(client, db, user, headers):
+def test_huge_headers_are_refused_by_the_app(request, db, app, new_caller, headers):
     # In process: uvicorn may refuse a head this large first, depending on how it arrives.
+    client = request.getfixturevalue(app)
     with stores_nothing(db):
-        response = client.post(TODOS, content=BODY, headers={**JSON, **headers(user)})
+        response = client.post(TODOS, content=BODY, headers={**JSON, **headers(new_caller())})
     assert_problem(response, 400, "HEADERS_TOO_LARGE")
 
 
 # Sizes a loopback socket delivers whole: a head that arrives in pieces is refused by uvicorn
 # itself (400, text/plain), and one it stops reading may be cut off with a reset.
 @pytest.mark.parametrize("size", [MAX_HEADERS, 48 * 1024])
-def test_huge_headers_are_refused_over_http(base_url, db, user, size):
-    line = b"X-User-ID: %s\r\nX-Padding: %s\r\n" % (user["X-User-ID"].encode(), b"p" * size)
+def test_huge_headers_are_refused_over_http(mode, db, size):
+    line = b"%s\r\nX-Padding: %s\r\n" % (mode.line(str(uuid.uuid4())), b"p" * size)
     with stores_nothing(db):
-        status, _, _ = raw_post(base_url, line)
+        status, _, _ = raw_post(mode.base_url, line)
     assert status == 400
 
 
@@ -258,13 +327,12 @@ def test_lone_surrogate_in_a_field_is_refused(http, db, user):
     assert_problem(response, 422, "VALIDATION_ERROR")
 
 
-def test_x_user_id_with_bytes_that_are_not_utf8_is_refused(base_url, db, user):
+def test_caller_header_with_bytes_that_are_not_utf8_is_refused(mode, db):
+    line = mode.line(str(uuid.uuid4()), inject=b"\xff\xfe")
     with stores_nothing(db):
-        status, content_type, body = raw_post(
-            base_url, b"X-User-ID: \xff\xfe%s\r\n" % user["X-User-ID"].encode()
-        )
-    assert (status, content_type) == (400, "application/problem+json")
-    assert json.loads(body)["error_code"] == "INVALID_USER_ID"
+        status, content_type, body = raw_post(mode.base_url, line + b"\r\n")
+    assert (status, content_type) == (mode.refusal[0], PROBLEM_JSON)
+    assert json.loads(body)["error_code"] == mode.refusal[1]
 
 
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
@@ -281,10 +349,12 @@ def test_cursor_with_bytes_that_are_not_utf8_is_refused(http, user):
 
 @pytest.mark.parametrize(
     "header_lines",
-    [b"X-User-ID: %s\x00\r\n", b"X-User-ID: %s\r\n folded\r\n", b"X-User-ID: %s\rX-Other: 1\r\n"],
+    [b"%s\x00\r\n", b"%s\r\n folded\r\n", b"%s\rX-Other: 1\r\n"],
     ids=["nul", "obsolete-fold", "bare-cr"],
 )
-def test_malformed_header_lines_are_refused(base_url, db, user, header_lines):
+def test_malformed_header_lines_are_refused(mode, db, header_lines):
+    """By uvicorn (400, text/plain), or by the app as credentials that name nobody: never
+    read as a valid caller header."""
     with stores_nothing(db):
-        status, _, _ = raw_post(base_url, header_lines % user["X-User-ID"].encode())
-    assert status == 400
+        status, content_type, _ = raw_post(mode.base_url, header_lines % mode.line(A))
+    assert status == 400 or (status, content_type) == (mode.refusal[0], PROBLEM_JSON)

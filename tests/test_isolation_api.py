@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from conftest import new_user
+from conftest import id_of, new_user
 from test_api import TODOS, assert_invalid, assert_problem, create, fetch, items, walk_pages
 
 
@@ -27,7 +27,7 @@ def ids(todos):
 
 
 def planted(field, owner, owners_todo):
-    return owner["X-User-ID"] if field == "user_id" else owners_todo["id"]
+    return id_of(owner) if field == "user_id" else owners_todo["id"]
 
 
 @pytest.mark.parametrize(

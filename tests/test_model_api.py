@@ -6,6 +6,7 @@ newest first), and someone else's todo must answer exactly like one that does no
 import json
 import uuid
 
+from conftest import id_of, new_user
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from hypothesis.stateful import run_state_machine_as_test as run_machine
@@ -77,12 +78,12 @@ class TodoModel(RuleBasedStateMachine):
     def __init__(self, client):
         super().__init__()
         self.client = client
-        self.users = [str(uuid.uuid4()) for _ in range(USERS)]
+        self.users = [new_user() for _ in range(USERS)]  # each one's headers: its own token
         self.todos: list[dict[str, dict]] = [{} for _ in range(USERS)]
 
     def send(self, method, actor, todo_id=None, *, headers=None, **kwargs):
         url = TODOS if todo_id is None else f"{TODOS}/{todo_id}"
-        headers = {"X-User-ID": self.users[actor], **(headers or {})}
+        headers = {**self.users[actor], **(headers or {})}
         return self.client.request(method, url, headers=headers, **kwargs)
 
     def assert_missing(self, method: str, actor: int, todo_id: str, **kwargs) -> None:
@@ -104,7 +105,7 @@ class TodoModel(RuleBasedStateMachine):
         todo = response.json()
         expected = {"description": None, "is_completed": False, **fields}
         assert expected.items() <= todo.items()
-        assert todo["user_id"] == self.users[actor]
+        assert todo["user_id"] == id_of(self.users[actor])
         assert todo["created_at"] == todo["updated_at"]
         assert response.headers["location"] == f"{TODOS}/{todo['id']}"
         self.todos[actor][todo["id"]] = todo
@@ -149,7 +150,7 @@ class TodoModel(RuleBasedStateMachine):
     @rule(actor=user, completed=st.sampled_from([None, True, False]), limit=st.integers(1, 4))
     def list_pages(self, actor, completed, limit):
         params = {} if completed is None else {"completed": str(completed).lower()}
-        pages = walk_pages(self.client, {"X-User-ID": self.users[actor]}, limit, **params)
+        pages = walk_pages(self.client, self.users[actor], limit, **params)
         expected = [
             todo
             for todo in newest_first(self.todos[actor])
@@ -159,7 +160,7 @@ class TodoModel(RuleBasedStateMachine):
 
     @rule(actor=user, victim=user, owned=todos_made, field=st.sampled_from(["user_id", "id"]))
     def create_naming_an_owner_or_id(self, actor, victim, owned, field):
-        planted = self.users[victim] if field == "user_id" else owned[1]
+        planted = id_of(self.users[victim]) if field == "user_id" else owned[1]
         response = self.send("POST", actor, json={"title": "planted", field: planted})
         body = assert_problem(response, 422, "VALIDATION_ERROR")
         assert field in {error["field"] for error in body["field_errors"]}
@@ -167,7 +168,7 @@ class TodoModel(RuleBasedStateMachine):
     @rule(owned=todos_made, as_owner=st.booleans(), other=user, victim=user)
     def patch_giving_a_todo_away(self, owned, as_owner, other, victim):
         actor, todo_id = self.acting_on(owned, as_owner, other)
-        response = self.send("PATCH", actor, todo_id, json={"user_id": self.users[victim]})
+        response = self.send("PATCH", actor, todo_id, json={"user_id": id_of(self.users[victim])})
         assert_problem(response, 422, "VALIDATION_ERROR")
 
     @rule(actor=user, hostile=hostile_bodies)

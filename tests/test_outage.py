@@ -13,11 +13,8 @@ import httpx
 import psycopg
 import pytest
 from cluster import PrivateCluster, migrated_cluster, wait_until
-from conftest import new_user
+from conftest import app_client, new_user
 from fastapi.testclient import TestClient
-
-from api.main import create_app
-from api.settings import Settings
 
 TODOS = "/api/v1/todos"
 APP_NAME = "todo-outage-test"  # marks the app's connections in pg_stat_activity
@@ -30,8 +27,7 @@ def cluster() -> Iterator[PrivateCluster]:
 
 
 def app_on(cluster: PrivateCluster, **settings) -> TestClient:
-    url = cluster.url(application_name=APP_NAME)
-    return TestClient(create_app(Settings(neon_database_url=url, **settings)))
+    return app_client(cluster.url(application_name=APP_NAME), **settings)
 
 
 def assert_unavailable(response: httpx.Response) -> None:

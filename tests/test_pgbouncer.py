@@ -21,14 +21,13 @@ import psycopg
 import pytest
 import uvicorn
 from cluster import PrivateCluster, free_port, migrated_cluster, require, stop_process, wait_until
-from conftest import new_user
+from conftest import app_client, app_settings, id_of, new_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from api.cli import migrate
 from api.main import create_app
-from api.settings import Settings
 from db.connection import PREPARE_AFTER
 
 TODOS = "/api/v1/todos"
@@ -130,14 +129,14 @@ def one_user(base_url: str, start: threading.Barrier) -> None:
     with httpx.Client(base_url=base_url, headers=user, timeout=30) as http:
         start.wait(timeout=60)
         for n in range(ROUNDS):
-            created = http.post(TODOS, json={"title": f"{user['X-User-ID']} #{n}"})
+            created = http.post(TODOS, json={"title": f"{id_of(user)} #{n}"})
             assert created.status_code == 201, created.text
             made.append((created.json()["id"], created.json()["title"]))
             listed = http.get(TODOS)
             assert listed.status_code == 200, listed.text
             items = listed.json()["items"]
             assert sorted((todo["id"], todo["title"]) for todo in items) == sorted(made)
-            assert {todo["user_id"] for todo in items} == {user["X-User-ID"]}
+            assert {todo["user_id"] for todo in items} == {id_of(user)}
 
 
 STATE = """
@@ -161,8 +160,8 @@ def test_thirty_users_through_two_server_connections_with_default_settings(
     nothing. Before, "auto" looked only for `-pooler` in the host name: behind this one,
     340 of 480 requests failed."""
     monkeypatch.delenv("DB_PREPARED_STATEMENTS", raising=False)
-    settings = Settings(
-        neon_database_url=bouncer_url,
+    settings = app_settings(
+        bouncer_url,
         db_pool_max_size=10,
         db_pool_timeout_s=30,  # a busy test machine must not turn waiting into 503s
     )
@@ -181,7 +180,7 @@ def test_thirty_users_through_two_server_connections_with_default_settings(
 
 
 def test_auto_keeps_prepared_statements_on_without_a_pooler(database_url: str) -> None:
-    with TestClient(create_app(Settings(neon_database_url=database_url))) as client:
+    with app_client(database_url) as client:
         assert client.get("/readyz").status_code == 200
         assert client.app.state.pool.prepare_threshold == PREPARE_AFTER
 
@@ -203,8 +202,8 @@ def test_a_prepared_statement_lost_behind_an_undetected_pooler_is_retried_once(
     """DB_PREPARED_STATEMENTS=on skips the detection, as with a pooler that hides itself.
     The request whose statement went missing is run again without preparing, and so is
     every later one: a 200, never a 500, and one warning."""
-    settings = Settings(
-        neon_database_url=second_database,
+    settings = app_settings(
+        second_database,
         db_prepared_statements="on",
         db_pool_min_size=1,
         db_pool_max_size=1,

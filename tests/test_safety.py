@@ -10,11 +10,13 @@ import psycopg
 import pytest
 from cluster import TODO_API
 from conftest import app_client, with_url
+from issuer import ISSUER
 from sqlalchemy.engine import make_url
 
 from api import cli
 from api.settings import get_settings
-from db.safety import expected_policies
+from db import safety
+from db.safety import POLICIES_SQL, expected_policies
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2"
 
@@ -29,7 +31,7 @@ UNSAFE_TABLE_STATES = [
     ("CREATE POLICY everyone ON users USING (true)", "policy on users beyond", "drop it"),
 ] + [
     (f"DROP POLICY {policy} ON {table}", f"policy {policy} on {table}", MIGRATE)
-    for policy, table in expected_policies()
+    for policy, table, _ in expected_policies()
 ]
 BEYOND = "no table privilege beyond policies.sql"
 UNSAFE_ROLE_STATES = [
@@ -81,10 +83,13 @@ def failed_line(stdout: str, check_name: str) -> str:
 
 @pytest.fixture
 def use_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Points the CLI at a database through NEON_DATABASE_URL (get_settings is cached)."""
+    """Points the CLI at a database through NEON_DATABASE_URL (get_settings is cached),
+    trusting the test identity provider, as `serve` requires."""
 
     def use(url: str) -> None:
         monkeypatch.setenv("NEON_DATABASE_URL", url)
+        for name, value in ISSUER.env().items():
+            monkeypatch.setenv(name, value)
         get_settings.cache_clear()
 
     get_settings.cache_clear()
@@ -211,6 +216,31 @@ def test_healthy_database_passes_every_check(database_url, use_database, capsys)
     # tables, RLS enabled and forced on two tables, the policies, the role's eight checks
     assert len(lines) == 1 + 4 + len(expected_policies()) + 8
     assert all(line.startswith("ok  ") for line in lines), lines
+
+
+CLAIM_POLICY = """
+CREATE POLICY todos_verified_email ON todos AS RESTRICTIVE FOR ALL TO todo_app
+    USING (coalesce((nullif(current_setting('request.jwt.claims', true), '')::jsonb
+                     ->> 'emailVerified')::boolean, false));
+"""
+
+
+@pytest.mark.parametrize(
+    ("applied", "ok"),
+    [(CLAIM_POLICY, True), (CLAIM_POLICY.replace("AS RESTRICTIVE ", ""), False)],
+)
+def test_a_restrictive_policy_written_in_policies_sql_is_accepted(
+    make_database, use_database, monkeypatch, capsys, applied, ok
+):
+    """docs/api.md's claim policy: restrictive, it can only narrow the owner check, so the
+    self-check accepts it once policies.sql has it; applied as permissive, it would widen."""
+    monkeypatch.setattr(safety, "_policies", lambda: POLICIES_SQL.read_text() + CLAIM_POLICY)
+    url = make_database()
+    execute(url, applied)
+    use_database(url)
+    assert run_cli("check").code == (0 if ok else 1)
+    out = capsys.readouterr().out
+    assert ("FAIL  policy todos_verified_email on todos" in out) is not ok, out
 
 
 def test_serve_starts_the_server_on_a_healthy_database(database_url, use_database, no_uvicorn):

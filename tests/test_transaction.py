@@ -8,7 +8,7 @@ import psycopg
 
 from db import todos
 from db.connection import Pool
-from db.transaction import Transaction
+from db.transaction import Caller, Transaction
 
 PLANT = """
 INSERT INTO todos (id, user_id, title, is_completed, created_at, updated_at)
@@ -40,7 +40,7 @@ def test_a_temporary_table_cannot_shadow_todos(database_url: str, sql: psycopg.C
                 await conn.execute("CREATE TEMP TABLE todos AS TABLE public.todos WITH NO DATA")
                 await conn.execute(PLANT, (user,))
                 await conn.execute("RESET ROLE")
-            page = await todos.list_(Transaction(pool, user, 5000), todos.Page(limit=10))
+            page = await todos.list_(Transaction(pool, Caller(user), 5000), todos.Page(limit=10))
             return [todo.title for todo in page.items]
 
     sql.execute("INSERT INTO users (id) VALUES (%s)", (user,))
