@@ -3,7 +3,9 @@
     .venv/bin/python -m bench [--duration 10] [--out bench/results.md]
 
 It starts a private PostgreSQL on 127.0.0.1 (tests/cluster.py), migrates and seeds it,
-starts the service (`todo-api serve`, 1 worker) and the baseline (bench/baseline.py), and
+starts the service (`todo-api serve`, 1 worker, bearer tokens verified against the JWKS of
+tests/issuer.py, as in production; and once more behind a trusted header, for the
+"get, header" row) and the baseline (bench/baseline.py), and
 measures round trips through bench/delay_proxy.py, throughput with wrk and pgbench, scale at
 1M todos, the list query's plan and peak memory. It prints a markdown report, writes it to
 --out, and stops everything it started, also on failure. Needs wrk (Debian package).
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +30,12 @@ import psycopg
 
 from api.cli import migrate
 from db.todos import COLUMNS
-from tests.cluster import PrivateCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' modules import each other by name
+from cluster import PrivateCluster, free_port  # noqa: E402
+from issuer import ISSUER  # noqa: E402
+
 BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 TODOS = "/api/v1/todos"
@@ -52,6 +58,30 @@ def user_id(n: int) -> str:
 
 def todo_id(n: int) -> str:
     return f"{TODO_PREFIX}{n:012d}"
+
+
+def write_tokens(path: Path, users: int) -> None:
+    """One bearer token per seeded user, line n for user n: Better Auth's shape (EdDSA)."""
+    path.write_text(
+        "".join(ISSUER.token(user_id(n), ttl_s=3600) + "\n" for n in range(1, users + 1))
+    )
+
+
+def verify_every_token(port: int, tokens: Path) -> None:
+    """One request per user first, as in steady state: a client reuses its token for its
+    whole lifetime, so the service verifies it once and then remembers it."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client, ThreadPoolExecutor(8) as pool:
+        for response in pool.map(
+            lambda token: client.get(
+                TODOS, params={"limit": 1}, headers={"Authorization": f"Bearer {token}"}
+            ),
+            tokens.read_text().split(),
+        ):
+            response.raise_for_status()
+
+
+def bearer(n: int) -> dict[str, str]:
+    return ISSUER.headers(user_id(n), ttl_s=3600)
 
 
 def seed(url: str, users: int, todos: int) -> None:
@@ -91,10 +121,14 @@ class Load:
     cpu_ms: float | None = None  # the server's CPU time per request, all its threads
 
 
-def wrk(port: int, endpoint: str, data: tuple[int, int], duration: int) -> Load:
+def wrk(
+    port: int, endpoint: str, data: tuple[int, int], duration: int, tokens: Path | None
+) -> Load:
+    """`tokens`: a file of bearer tokens, one per user; without it, X-User-ID headers."""
     users, todos = data
     env = {
         **os.environ,
+        "BENCH_TOKENS": str(tokens or ""),
         "BENCH_ENDPOINT": endpoint,
         "BENCH_USERS": str(users),
         "BENCH_TODOS": str(todos),
@@ -156,9 +190,10 @@ def median_ms(times: list[float]) -> float:
 def round_trip_latencies(service: int, baseline: int) -> dict[str, float]:
     """Median latency in ms of each endpoint, sequentially, on servers behind the proxy."""
     n = 2 * SEQUENTIAL
-    owner = {"X-User-ID": user_id(1)}  # owns todo 1 and 49 others
-    writer = {"X-User-ID": user_id(2)}  # creates todos, then deletes them
+    owner = bearer(1)  # owns todo 1 and 49 others
+    writer = bearer(2)  # creates todos, then deletes them
     one, page = f"{TODOS}/{todo_id(1)}", f"{TODOS}?limit=50"
+    baseline_owner = {"X-User-ID": user_id(1)}  # the baseline trusts the header
     medians = {}
     with httpx.Client(base_url=f"http://127.0.0.1:{service}") as client:
         body = {"title": "Through the delay"}
@@ -176,7 +211,7 @@ def round_trip_latencies(service: int, baseline: int) -> dict[str, float]:
         )
     with httpx.Client(base_url=f"http://127.0.0.1:{baseline}") as client:
         for name, path in [("get", one), ("list", page)]:
-            times = [timed(client, "GET", path, headers=owner)[0] for _ in range(n)]
+            times = [timed(client, "GET", path, headers=baseline_owner)[0] for _ in range(n)]
             medians[f"baseline {name}"] = median_ms(times)
     return medians
 
@@ -200,6 +235,7 @@ def list_plan(url: str) -> list[str]:
 class Server:
     process: subprocess.Popen
     port: int
+    tokens: Path | None = None  # bearer tokens to send, one per user; else X-User-ID
 
     def cpu_seconds(self) -> float:
         """User and system CPU time so far, all threads (uvicorn with 1 worker: one process)."""
@@ -240,10 +276,14 @@ class Processes(ExitStack):
                     sys.exit(f"bench: {name} did not start; see {self.logs / name}.log")
                 time.sleep(0.1)
 
-    def service(self, name: str, url: str) -> Server:
+    def service(self, name: str, url: str, tokens: Path | None) -> Server:
+        """Verifying bearer tokens when given `tokens`, else behind a trusted X-User-ID."""
         port = free_port()
         command = [str(BIN / "todo-api"), "serve", "--port", str(port), "--workers", "1"]
-        return Server(self.start(name, command, port, NEON_DATABASE_URL=url), port)
+        identity = ISSUER.env() if tokens else {"AUTH_TRUSTED_HEADER": "X-User-ID"}
+        return Server(
+            self.start(name, command, port, NEON_DATABASE_URL=url, **identity), port, tokens
+        )
 
     def baseline(self, name: str, url: str) -> Server:
         port = free_port()
@@ -263,9 +303,9 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def measure(server: Server, endpoint: str, data: tuple[int, int], duration: int) -> Load:
-    wrk(server.port, endpoint, data, WARMUP_S)
+    wrk(server.port, endpoint, data, WARMUP_S, server.tokens)
     cpu = server.cpu_seconds()
-    load = wrk(server.port, endpoint, data, duration)
+    load = wrk(server.port, endpoint, data, duration, server.tokens)
     load.cpu_ms = (server.cpu_seconds() - cpu) * 1000 / load.requests
     print(f"bench: {endpoint} on :{server.port}: {load}", file=sys.stderr)
     return load
@@ -300,7 +340,9 @@ def render(args, large, latency, load, plan, memory) -> str:
         "",
         f"## Throughput and latency: {SMALL[1]:,} todos, {SMALL[0]} users",
         "",
-        "`trivial` is `GET /healthz` on the service: the framework's ceiling. `pgbench` runs"
+        "The service verifies a bearer token (EdDSA, JWKS) on every request; `get, header` is"
+        " the same get on a second service that trusts an X-User-ID header instead."
+        " `trivial` is `GET /healthz` on the service: the framework's ceiling. `pgbench` runs"
         " the endpoint's transaction straight to PostgreSQL: the database's ceiling. Server CPU"
         " per request is the server process's CPU time over the run divided by its requests:"
         " steadier than req/s when other work shares the machine.",
@@ -366,7 +408,13 @@ def render(args, large, latency, load, plan, memory) -> str:
         "| target | measured | met |",
         "| --- | --- | --- |",
     ]
+    by_header = load["get, header"]
     targets = [
+        (
+            "get with bearer tokens: req/s at least 90% of get behind a trusted header",
+            f"{service.rps / by_header.rps:.0%} (by CPU: {by_header.cpu_ms / service.cpu_ms:.0%})",
+            service.rps >= 0.9 * by_header.rps,
+        ),
         (
             "get: req/s at least 1.5x the baseline's",
             f"{service.rps / baseline.rps:.2f}x (by CPU: {baseline.cpu_ms / service.cpu_ms:.2f}x)",
@@ -430,16 +478,23 @@ def main() -> None:
         proxy += ["--target", f"127.0.0.1:{cluster.port}", "--delay-ms", str(args.delay_ms)]
         processes.start("delay-proxy", proxy, port)
         distant = f"postgresql://postgres@127.0.0.1:{port}/bench"
+        small_tokens, large_tokens = logs / "tokens-small", logs / "tokens-large"
+        write_tokens(small_tokens, SMALL[0])
+        write_tokens(large_tokens, large[0])
         with Processes(logs) as distant_servers:
-            service = distant_servers.service("service-distant", distant)
+            service = distant_servers.service("service-distant", distant, small_tokens)
             baseline = distant_servers.baseline("baseline-distant", distant)
             latency = round_trip_latencies(service.port, baseline.port)
         print(f"bench: sequential medians {latency}", file=sys.stderr)
 
         # Throughput: one worker each, on the database directly.
-        service = processes.service("service", url)
+        with Processes(logs) as header_server:
+            by_header = header_server.service("service-header", url, None)
+            get_by_header = measure(by_header, "get", SMALL, duration)
+        service = processes.service("service", url, small_tokens)
         baseline = processes.baseline("baseline", url)
         load = {"trivial": measure(service, "trivial", SMALL, duration)}
+        load["get, header"] = get_by_header
         for endpoint in ("get", "list"):
             load[endpoint] = measure(service, endpoint, SMALL, duration)
             load[f"baseline {endpoint}"] = measure(baseline, endpoint, SMALL, duration)
@@ -451,6 +506,8 @@ def main() -> None:
         # Scale: the same reads with many more todos and users.
         seed(url, *large)
         print(f"bench: seeded {large[1]} todos", file=sys.stderr)
+        service.tokens = large_tokens
+        verify_every_token(service.port, large_tokens)
         for endpoint in ("get", "list"):
             load[f"large {endpoint}"] = measure(service, endpoint, large, duration)
         plan = list_plan(url)

@@ -7,14 +7,30 @@ local users = tonumber(os.getenv("BENCH_USERS"))
 local todo_prefix = os.getenv("BENCH_TODO_PREFIX")
 local user_prefix = os.getenv("BENCH_USER_PREFIX")
 
+-- BENCH_TOKENS, when set, names a file of bearer tokens: line n for user n.
+local tokens = {}
+local tokens_file = os.getenv("BENCH_TOKENS")
+if tokens_file and tokens_file ~= "" then
+   for line in io.lines(tokens_file) do
+      tokens[#tokens + 1] = line
+   end
+end
+
 function init(args)
    math.randomseed(os.time())
+end
+
+local function caller(user)
+   if #tokens > 0 then
+      return { ["Authorization"] = "Bearer " .. tokens[user] }
+   end
+   return { ["X-User-ID"] = string.format("%s%012d", user_prefix, user) }
 end
 
 function request()
    local n = math.random(todos)
    local todo = string.format("/api/v1/todos/%s%012d", todo_prefix, n)
-   local headers = { ["X-User-ID"] = string.format("%s%012d", user_prefix, (n - 1) % users + 1) }
+   local headers = caller((n - 1) % users + 1)
    if endpoint == "trivial" then
       return wrk.format("GET", "/healthz")
    elseif endpoint == "get" then
