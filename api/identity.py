@@ -41,7 +41,7 @@ NOT_CONFIGURED = (
 )
 
 
-def user_id_for(issuer: str | None, subject: str) -> UUID:
+def user_id_for(issuer: str, subject: str) -> UUID:
     """The user id of a token's subject: the subject itself when it is a UUID (canonical
     form), else a UUIDv5 of `<iss>|<sub>`, so that one account is always one id and two
     issuers' non-UUID subjects never share one."""
@@ -50,7 +50,7 @@ def user_id_for(issuer: str | None, subject: str) -> UUID:
             return UUID(subject)
     except ValueError:
         pass
-    return uuid5(NAMESPACE, f"{issuer or ''}|{subject}")
+    return uuid5(NAMESPACE, f"{issuer}|{subject}")
 
 
 class Identity(Protocol):
@@ -172,7 +172,7 @@ class BearerTokens:
         self.keys = keys
         self.issuer, self.audience, self.leeway_s = issuer, audience, leeway_s
         # token -> (caller, its exp, the key generation it was verified with)
-        self._remembered: dict[str, tuple[Caller, float, int]] = {}
+        self._remembered: dict[str, tuple[Caller, int, int]] = {}
 
     async def start(self) -> None:
         await self.keys.start()
@@ -229,9 +229,10 @@ def _bearer_token(request: Request) -> str:
     scheme, _, token = values[0].partition(" ") if values else ("", "", "")
     if scheme.lower() != "bearer":
         raise _missing()
-    if not token.strip():
+    token = token.strip()
+    if not token:
         raise _invalid("The Authorization header holds no token.")
-    return token.strip()
+    return token
 
 
 def _reason(error: jwt.InvalidTokenError) -> str:

@@ -113,11 +113,10 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
         rls, forced = tables[table]
         checks.append(Check(f"RLS enabled on {table}", rls, REAPPLY_FIX))
         checks.append(Check(f"RLS forced on {table}", forced, REAPPLY_FIX))
-    restrictive = {(table, policy) for policy, table, narrows in expected_policies() if narrows}
-    expected = {(table, policy) for policy, table, _ in expected_policies()}
-    for table, policy in sorted(expected):
+    expected = {(table, policy): narrows for policy, table, narrows in expected_policies()}
+    for (table, policy), restrictive in sorted(expected.items()):
         found = policies.get((table, policy))
-        if (table, policy) in restrictive:
+        if restrictive:
             # A restrictive policy can only narrow what the owner test allows, e.g. by a claim.
             as_written = found is not None and found[:2] == ("RESTRICTIVE", [RUNTIME_ROLE])
         else:
