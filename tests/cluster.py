@@ -173,6 +173,41 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
         process.wait()
 
 
+# Every identity setting: `todo_api` runs without the ones this process may have.
+AUTH_VARS = (
+    "AUTH_JWKS_URL",
+    "AUTH_ISSUER",
+    "AUTH_AUDIENCE",
+    "AUTH_ALGORITHMS",
+    "AUTH_LEEWAY_S",
+    "AUTH_JWT_SECRET",
+    "AUTH_TRUSTED_HEADER",
+    "AUTH_JWKS_WAIT_S",
+)
+
+
+def todo_api(
+    *args: str,
+    database: str,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """`todo-api <args>` as a user runs it: a subprocess with only the environment (this
+    process's, without AUTH_* settings, plus NEON_DATABASE_URL=`database` and `env`)."""
+    clean = {key: value for key, value in os.environ.items() if key not in AUTH_VARS}
+    return subprocess.run(
+        [str(TODO_API), *args],
+        env={**clean, "NEON_DATABASE_URL": database, **env},
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class Server:
     """`todo-api serve` as a subprocess on a free port, with `env` added to this process's
     environment; its output goes to a file in `workdir`, which is also its cwd (so no

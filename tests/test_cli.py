@@ -1,20 +1,10 @@
 """The `todo-api` command as a user runs it: in a subprocess, with only the environment."""
 
-import os
-import subprocess
 import uuid
 from collections.abc import Callable
 
 import psycopg
-from cluster import TODO_API
-
-
-def todo_api(*args: str, database: str, **options: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NEON_DATABASE_URL": database}
-    env.update(options.pop("env", {}))  # type: ignore[call-overload]
-    return subprocess.run(
-        [str(TODO_API), *args], env=env, capture_output=True, text=True, timeout=120, **options
-    )
+from cluster import TODO_API, todo_api
 
 
 def test_migrate_then_check_on_a_new_database(make_database: Callable[..., str]) -> None:
@@ -56,7 +46,7 @@ def test_psql_opens_a_session_as_todo_app_for_one_user(database_url: str) -> Non
         str(mine),
         database=database_url,
         input=query,
-        env={"PATH": str(TODO_API.parent)},
+        PATH=str(TODO_API.parent),
     )
     assert result.returncode == 0, result.stderr
     assert f"As todo_app for user {mine}: policies active." in result.stdout

@@ -19,7 +19,6 @@ What this file proves:
 """
 
 import json
-import os
 import re
 import secrets
 import socket
@@ -33,7 +32,15 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from cluster import TODO_API, Server, free_port, stop_process, wait_until
+from cluster import (
+    AUTH_VARS,
+    TODO_API,
+    Server,
+    free_port,
+    stop_process,
+    todo_api,
+    wait_until,
+)
 from issuer import ISSUER
 from jwt.algorithms import OKPAlgorithm
 from test_api import TODOS, assert_problem
@@ -59,16 +66,6 @@ from api.identity import user_id_for
 from api.main import create_app
 
 QUICK_REFETCH_S = 0.2
-AUTH_VARS = (
-    "AUTH_JWKS_URL",
-    "AUTH_ISSUER",
-    "AUTH_AUDIENCE",
-    "AUTH_ALGORITHMS",
-    "AUTH_LEEWAY_S",
-    "AUTH_JWT_SECRET",
-    "AUTH_TRUSTED_HEADER",
-    "AUTH_JWKS_WAIT_S",
-)
 
 
 @pytest.fixture
@@ -438,25 +435,9 @@ def test_coherent_identity_settings_are_accepted(case) -> None:
 JWT_PATTERN = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
 
-def todo_api(
-    *args: str, database: str, cwd: Path, input: str | None = None, **env: str
-) -> subprocess.CompletedProcess:
-    """As tests/test_cli.py's helper, with every AUTH_* setting of this process removed."""
-    clean = {key: value for key, value in os.environ.items() if key not in AUTH_VARS}
-    return subprocess.run(
-        [str(TODO_API), *args],
-        env={**clean, "NEON_DATABASE_URL": database, **env},
-        cwd=cwd,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_serve_without_identity_fails_closed_naming_the_settings(database_url, tmp_path) -> None:
     try:
-        result = todo_api("serve", "--port", "0", database=database_url, cwd=tmp_path)
+        result = todo_api("serve", "--port", "0", database=database_url, cwd=tmp_path, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("todo-api serve started serving with no identity configured")
     output = result.stdout + result.stderr
