@@ -6,7 +6,8 @@
 --
 -- This file is idempotent: it may run again on a database that already has it,
 -- and todo_app may already exist (roles belong to the whole cluster).
--- Migration 0002 applies it. If you change it, add a migration that applies it again.
+-- Migration 0004 applies it. If you change it, add a migration that applies it again, and
+-- give the one that applied it before a copy of the version it applied, as 0002 has.
 
 -- 1. The runtime role. It cannot log in, is not a superuser and cannot bypass RLS,
 --    so switching to it is what makes the policies below apply. (Neon creates its
@@ -30,10 +31,11 @@ END
 $$;
 
 -- 3. Only the privileges the API uses. No sequences (ids come from gen_random_uuid()),
---    no TRUNCATE, no DDL, no UPDATE or DELETE on users.
+--    no TRUNCATE, no DDL, no UPDATE or DELETE on users, no UPDATE of a recorded answer.
 GRANT USAGE ON SCHEMA public TO todo_app;
 GRANT SELECT, INSERT ON users TO todo_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON todos TO todo_app;
+GRANT SELECT, INSERT, DELETE ON idempotency_keys TO todo_app;
 
 -- 4. The current user: the transaction's app.user_id, or NULL ("no user") when it is
 --    unset, empty, or reset because a pooled connection's transaction ended.
@@ -50,6 +52,8 @@ ALTER TABLE users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE users FORCE ROW LEVEL SECURITY;
 ALTER TABLE todos ENABLE ROW LEVEL SECURITY;
 ALTER TABLE todos FORCE ROW LEVEL SECURITY;
+ALTER TABLE idempotency_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE idempotency_keys FORCE ROW LEVEL SECURITY;
 
 -- 6. The policies. USING decides which existing rows a statement can see, update or
 --    delete; WITH CHECK decides which rows it may write. Both compare the owner to the
@@ -70,3 +74,20 @@ CREATE POLICY todos_own_rows ON todos
     FOR ALL TO todo_app
     USING (user_id = (SELECT current_app_user()))
     WITH CHECK (user_id = (SELECT current_app_user()));
+
+-- A user sees, records and replays only their own idempotency keys, and the answers stored
+-- under them (their own todos).
+DROP POLICY IF EXISTS idempotency_keys_own_rows ON idempotency_keys;
+CREATE POLICY idempotency_keys_own_rows ON idempotency_keys
+    FOR ALL TO todo_app
+    USING (user_id = (SELECT current_app_user()))
+    WITH CHECK (user_id = (SELECT current_app_user()));
+
+-- A key expires 24 hours after its write. Expired keys are garbage that anyone may remove:
+-- the service's sweep, running with no user, deletes them with a plain
+-- `DELETE FROM idempotency_keys`. Nobody can read another user's key, expired or not:
+-- PostgreSQL applies the policy above to any DELETE with a WHERE or RETURNING clause.
+DROP POLICY IF EXISTS idempotency_keys_expired ON idempotency_keys;
+CREATE POLICY idempotency_keys_expired ON idempotency_keys
+    FOR DELETE TO todo_app
+    USING (created_at <= now() - interval '24 hours');

@@ -10,7 +10,18 @@ from typing import Annotated
 
 import sqlmodel
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_serializer
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, String, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import SQLModel
 
 TITLE_MAX = 255
@@ -51,6 +62,27 @@ class Todo(SQLModel, table=True):
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
     updated_at: datetime = sqlmodel.Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+    # 1, then one more on every update (a trigger): what the todo's ETag names.
+    version: int = sqlmodel.Field(
+        sa_column=Column(BigInteger, nullable=False, server_default=text("1"))
+    )
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The answer to a write sent with an Idempotency-Key, recorded in the write's transaction."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("idempotency_keys_created_idx", "created_at"),)
+
+    user_id: uuid.UUID = sqlmodel.Field(
+        primary_key=True, foreign_key="users.id", ondelete="CASCADE"
+    )
+    key: str = sqlmodel.Field(primary_key=True, max_length=255)
+    fingerprint: str = sqlmodel.Field(sa_column=Column(Text, nullable=False))
+    response: dict[str, object] = sqlmodel.Field(sa_column=Column(JSONB, nullable=False))
+    created_at: datetime = sqlmodel.Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
 

@@ -17,7 +17,7 @@ from db.connection import PROJECT_ROOT
 from db.transaction import RUNTIME_ROLE, SET_CONTEXT
 
 POLICIES_SQL = PROJECT_ROOT / "policies.sql"
-TABLES = ("users", "todos")
+TABLES = ["users", "todos", "idempotency_keys"]
 NOT_MIGRATED_FIX = "run `todo-api migrate`"
 REAPPLY_FIX = "run `todo-api migrate`, or apply policies.sql again as the tables' owner"
 
@@ -56,15 +56,26 @@ def _policies() -> str:
 FACTS = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity
 FROM pg_class c
-WHERE c.oid IN (to_regclass('public.users'), to_regclass('public.todos'))
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r' AND c.relname = ANY(%s)
 """
 POLICIES = """
 SELECT tablename, policyname, permissive, roles, cmd, qual, with_check
-FROM pg_policies WHERE schemaname = 'public' AND tablename IN ('users', 'todos')
+FROM pg_policies WHERE schemaname = 'public' AND tablename = ANY(%s)
 """
-# The column that names a row's owner, and what every policy must compare it with.
-OWNER_COLUMN = {"users": "id", "todos": "user_id"}
+# The column that names a row's owner, and what every owner policy compares it with.
+OWNER_COLUMN = {"users": "id", "todos": "user_id", "idempotency_keys": "user_id"}
 OWNER_TEST = "({} = ( SELECT current_app_user() AS current_app_user))"
+# The one permissive policy that is not an owner test, as PostgreSQL shows it.
+EXPIRED_KEYS = (
+    "idempotency_keys_expired",
+    (
+        "PERMISSIVE",
+        [RUNTIME_ROLE],
+        "DELETE",
+        "(created_at <= (now() - '24:00:00'::interval))",
+        None,
+    ),
+)
 ROLE = "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s"
 # Every table-level privilege the runtime role holds on any relation outside the system
 # schemas, whether granted to it, to PUBLIC, or to a role it belongs to; a privilege on
@@ -101,12 +112,13 @@ WHERE p.oid = to_regprocedure('public.current_app_user()')
 async def run_checks(conn: AsyncConnection) -> list[Check]:
     """Every check, in order; stops early where later checks would only repeat the cause."""
     async with conn.transaction():
-        tables = {name: (rls, forced) for name, rls, forced in await _rows(conn, FACTS)}
-        policies = {(row[0], row[1]): row[2:] for row in await _rows(conn, POLICIES)}
+        facts = await _rows(conn, FACTS, (TABLES,))
+        tables = {name: (rls, forced) for name, rls, forced in facts}
+        policies = {(row[0], row[1]): row[2:] for row in await _rows(conn, POLICIES, (TABLES,))}
         role = await _rows(conn, ROLE, (RUNTIME_ROLE,))
 
     missing = [t for t in TABLES if t not in tables]
-    checks = [Check("tables users and todos exist", not missing, NOT_MIGRATED_FIX)]
+    checks = [Check(f"tables {', '.join(TABLES)} exist", not missing, NOT_MIGRATED_FIX)]
     if missing:
         return checks
     for table in TABLES:
@@ -119,6 +131,8 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
         if restrictive:
             # A restrictive policy can only narrow what the owner test allows, e.g. by a claim.
             as_written = found is not None and found[:2] == ("RESTRICTIVE", [RUNTIME_ROLE])
+        elif policy == EXPIRED_KEYS[0]:
+            as_written = found == EXPIRED_KEYS[1]
         else:
             test = OWNER_TEST.format(OWNER_COLUMN[table])
             as_written = found == ("PERMISSIVE", [RUNTIME_ROLE], "ALL", test, test)

@@ -22,7 +22,8 @@ SECURITY_SNAPSHOT = {
         FROM pg_policies WHERE schemaname = 'public' ORDER BY tablename, policyname""",
     "row level security": """
         SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class
-        WHERE oid IN ('public.users'::regclass, 'public.todos'::regclass) ORDER BY relname""",
+        WHERE oid IN ('public.users'::regclass, 'public.todos'::regclass,
+                      'public.idempotency_keys'::regclass) ORDER BY relname""",
     "current_app_user()": """
         SELECT pg_get_functiondef(oid), proacl::text FROM pg_proc
         WHERE oid = 'public.current_app_user()'::regprocedure""",
@@ -41,9 +42,10 @@ BEGIN
 END
 $$;
 DROP FUNCTION current_app_user();
-REVOKE ALL ON users, todos FROM todo_app;
+REVOKE ALL ON users, todos, idempotency_keys FROM todo_app;
 ALTER TABLE users NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
 ALTER TABLE todos NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
+ALTER TABLE idempotency_keys NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
 """
 
 

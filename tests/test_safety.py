@@ -27,7 +27,15 @@ UNSAFE_TABLE_STATES = [
     ("ALTER TABLE todos DISABLE ROW LEVEL SECURITY", "RLS enabled on todos", MIGRATE),
     ("ALTER TABLE users NO FORCE ROW LEVEL SECURITY", "RLS forced on users", MIGRATE),
     ("ALTER TABLE todos NO FORCE ROW LEVEL SECURITY", "RLS forced on todos", MIGRATE),
+    ("ALTER TABLE idempotency_keys DISABLE ROW LEVEL SECURITY", "RLS enabled on idem", MIGRATE),
+    ("ALTER TABLE idempotency_keys NO FORCE ROW LEVEL SECURITY", "RLS forced on idem", MIGRATE),
     ("ALTER POLICY todos_own_rows ON todos USING (true)", "policy todos_own_rows", MIGRATE),
+    # Expired keys are anyone's to delete; fresh ones are not.
+    (
+        "ALTER POLICY idempotency_keys_expired ON idempotency_keys USING (true)",
+        "policy idempotency_keys_expired",
+        MIGRATE,
+    ),
     ("CREATE POLICY everyone ON users USING (true)", "policy on users beyond", "drop it"),
 ] + [
     (f"DROP POLICY {policy} ON {table}", f"policy {policy} on {table}", MIGRATE)
@@ -42,6 +50,12 @@ UNSAFE_ROLE_STATES = [
     ("GRANT UPDATE (id) ON users TO todo_app", f"{BEYOND} (has UPDATE on users)", "REVOKE"),
     ("GRANT SELECT ON alembic_version TO PUBLIC", f"{BEYOND} (has SELECT on alembic", "PUBLIC"),
     ("REVOKE DELETE ON todos FROM todo_app", "(lacks DELETE on todos)", MIGRATE),
+    # A recorded answer is never changed.
+    (
+        "GRANT UPDATE ON idempotency_keys TO todo_app",
+        f"{BEYOND} (has UPDATE on idempotency_keys)",
+        "REVOKE",
+    ),
     ("GRANT CREATE ON SCHEMA public TO todo_app", "cannot create objects", "REVOKE CREATE"),
     ("GRANT CREATE ON SCHEMA public TO PUBLIC", "cannot create objects", "REVOKE CREATE"),
     ("GRANT CREATE ON DATABASE {database} TO todo_app", "cannot create objects", "REVOKE"),
@@ -204,7 +218,7 @@ def test_role_that_cannot_switch_to_todo_app_is_refused(
 def test_unmigrated_database_is_refused(make_database, use_database, no_uvicorn, capsys):
     url = make_database(migrated=False)
     fix = assert_check_and_serve_refuse(
-        url, "tables users and todos exist", use_database, no_uvicorn, capsys
+        url, "tables users, todos, idempotency_keys exist", use_database, no_uvicorn, capsys
     )
     assert "todo-api migrate" in fix
 
@@ -213,8 +227,8 @@ def test_healthy_database_passes_every_check(database_url, use_database, capsys)
     use_database(database_url)
     assert run_cli("check").code == 0
     lines = capsys.readouterr().out.splitlines()
-    # tables, RLS enabled and forced on two tables, the policies, the role's eight checks
-    assert len(lines) == 1 + 4 + len(expected_policies()) + 8
+    # tables, RLS enabled and forced on three tables, the policies, the role's eight checks
+    assert len(lines) == 1 + 6 + len(expected_policies()) + 8
     assert all(line.startswith("ok  ") for line in lines), lines
 
 
