@@ -1,13 +1,15 @@
 """Request dependencies: who is calling, and the transaction that acts for them."""
 
+import re
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from pydantic import BeforeValidator
 
 from api.errors import ApiError, FieldError
 from api.identity import Identity
 from db import todos
+from db.idempotency import Key
 from db.transaction import Caller, Transaction
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -93,3 +95,34 @@ async def page(
 
 
 PageDep = Annotated[todos.Page, Depends(page)]
+
+
+# 1 to 255 visible ASCII characters, bare or as a structured-field string (RFC 8941), in
+# which spaces are allowed and a backslash escapes `"` or `\`.
+QUOTED_KEY = r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"]){1,255})"'
+KEY_PATTERN = rf"^(?:[\x21-\x7e]{{1,255}}|{QUOTED_KEY})$"
+
+
+async def idempotency_key(
+    request: Request,
+    _: CallerDep,  # who is calling is reported first
+    value: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=KEY_PATTERN,
+            description="1 to 255 visible ASCII characters, unique per write (a UUID will"
+            " do). A retry with the same key and the same request gets the recorded answer,"
+            " with `Idempotent-Replayed: true`, and writes nothing again. Keys expire after"
+            " 24 hours.",
+        ),
+    ] = None,
+) -> Key | None:
+    if value is None:
+        return None
+    if quoted := re.fullmatch(QUOTED_KEY, value):
+        value = re.sub(r"\\(.)", r"\1", quoted[1])
+    return Key.of(value, request.method, request.url.path, await request.body())
+
+
+KeyDep = Annotated[Key | None, Depends(idempotency_key)]

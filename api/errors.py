@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from db import idempotency, todos
+
 log = logging.getLogger("todo.api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -49,10 +51,6 @@ class ApiError(Exception):
     ):
         self.status, self.error_code, self.detail = status, error_code, detail
         self.field_errors, self.headers = field_errors, headers
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "NOT_FOUND", "No todo with this id exists for this user.")
 
 
 def problem(error: ApiError) -> JSONResponse:
@@ -122,10 +120,20 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def _answering(error: ApiError) -> Any:
+    async def answer(request: Request, outcome: Exception) -> JSONResponse:
+        return problem(error)
+
+    return answer
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return problem(error)
+
+    for outcome, error in OUTCOMES.items():
+        app.add_exception_handler(outcome, _answering(error))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -166,6 +174,28 @@ def install(app: FastAPI) -> None:
         return await internal_error(request, error)
 
 
+# What the database said about a request, and the error that tells the client.
+OUTCOMES = {
+    todos.NotFound: ApiError(404, "NOT_FOUND", "No todo with this id exists for this user."),
+    todos.PreconditionFailed: ApiError(
+        412,
+        "PRECONDITION_FAILED",
+        "The todo has changed since the ETag in If-Match; read it again, then retry.",
+    ),
+    idempotency.KeyReused: ApiError(
+        422,
+        "IDEMPOTENCY_KEY_REUSED",
+        "This Idempotency-Key was used for a different request; use a new key for a new request.",
+    ),
+    idempotency.KeyInFlight: ApiError(
+        409,
+        "IDEMPOTENCY_IN_PROGRESS",
+        "A request with this Idempotency-Key was still being processed; retry to get its answer.",
+        headers={"Retry-After": RETRY_AFTER_S},
+    ),
+}
+
+
 EXAMPLES = {
     400: ("HEADERS_TOO_LARGE", "The request headers are larger than 16 KiB."),
     401: (
@@ -173,7 +203,7 @@ EXAMPLES = {
         "Send a token from the identity provider as Authorization: Bearer <token>.",
     ),
     403: ("FORBIDDEN", "The database's access policies do not allow this."),
-    404: ("NOT_FOUND", "No todo with this id exists for this user."),
+    **{error.status: (error.error_code, error.detail) for error in OUTCOMES.values()},
     413: ("PAYLOAD_TOO_LARGE", "The request body is larger than 64 KiB."),
     415: ("UNSUPPORTED_MEDIA_TYPE", "Send the body as JSON, with Content-Type: application/json."),
     422: ("VALIDATION_ERROR", "Some fields are invalid; see field_errors."),
@@ -189,9 +219,13 @@ DESCRIPTIONS = {
     401: "MISSING_CREDENTIALS, INVALID_TOKEN or TOKEN_EXPIRED, with a WWW-Authenticate header",
     403: "FORBIDDEN: a policy added to policies.sql (on a token claim, say) refuses this",
     404: "NOT_FOUND: no such todo for this user (someone else's todo answers the same)",
+    409: "IDEMPOTENCY_IN_PROGRESS: a request with the same Idempotency-Key committed while this"
+    " one ran; this one wrote nothing. Retry after Retry-After seconds to get its answer",
+    412: "PRECONDITION_FAILED: If-Match names none of the todo's current ETag; nothing changed",
     413: "PAYLOAD_TOO_LARGE: body over 64 KiB",
     415: "UNSUPPORTED_MEDIA_TYPE: body not sent as JSON",
-    422: "VALIDATION_ERROR: see field_errors",
+    422: "VALIDATION_ERROR (see field_errors), or IDEMPOTENCY_KEY_REUSED: the Idempotency-Key"
+    " was used for a different method, path or body",
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE (database unreachable or timing out) or AUTH_UNAVAILABLE (no keys"
     " from the identity provider yet); retry after Retry-After seconds",
@@ -221,7 +255,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = {
                 "WWW-Authenticate": {"description": "RFC 6750", "schema": {"type": "string"}}
             }
-        if status == 503:
+        if status in (409, 503):
             entry["headers"] = {
                 "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
             }

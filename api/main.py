@@ -1,5 +1,6 @@
 """The FastAPI application."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from api import errors, identity
 from api.body_limit import BodySizeLimit
 from api.routes import PREFIX, ops, router
 from api.settings import Settings, get_settings
+from db import idempotency
 from db.connection import Pool, resolve_url
 
 MAX_BODY_BYTES = 64 * 1024
@@ -45,10 +47,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = pool_for(settings, resolve_url(settings.neon_database_url))
         await pool.open(wait=False)
         app.state.pool = pool
+        sweep = asyncio.create_task(
+            idempotency.sweep_forever(pool, settings.db_statement_timeout_ms)
+        )
         try:
             await caller_identity.start()
             yield
         finally:
+            sweep.cancel()
             await caller_identity.close()
             await pool.close()
 

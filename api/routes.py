@@ -1,12 +1,14 @@
 """The HTTP endpoints. Each handler parses, makes one call, and returns."""
 
+from typing import Any
 from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Request, Response
 
-from api.deps import PageDep, TxDep
-from api.errors import RETRY_AFTER_S, ApiError, not_found, responses
+from api.conditions import IfMatchDep, IfNoneMatchDep, etag
+from api.deps import KeyDep, PageDep, TxDep
+from api.errors import RETRY_AFTER_S, ApiError, responses
 from db import safety, todos
 from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
 
@@ -16,11 +18,49 @@ COMMON = (400, 401, 403, 422, 500, 503)
 router = APIRouter(prefix=PREFIX, tags=["todos"])
 
 
-@router.post("", status_code=201, responses=responses(*COMMON, 413, 415))
-async def create_todo(body: TodoCreate, tx: TxDep, response: Response) -> TodoPublic:
-    todo = await todos.create(tx, body)
-    response.headers["Location"] = f"{PREFIX}/{todo.id}"
-    return todo
+HEADERS = {
+    "ETag": "The todo's version. Send it as If-Match to change only this version, or as"
+    " If-None-Match to read the todo only when it has changed.",
+    "Location": "The new todo's URL.",
+    "Idempotent-Replayed": "`true` when this is the recorded answer to an earlier request with"
+    " the same Idempotency-Key: nothing was written again.",
+}
+
+
+def success(status: int, *headers: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI headers of a success response."""
+    described = {
+        name: {"description": HEADERS[name], "schema": {"type": "string"}} for name in headers
+    }
+    return {status: {"headers": described}}
+
+
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {
+        "description": "Not Modified: the todo's ETag is one that If-None-Match named. No body.",
+        "headers": success(304, "ETag")[304]["headers"],
+    }
+}
+
+
+def send(saved: todos.Saved, response: Response) -> TodoPublic:
+    """A todo, with the ETag of its version, and whether this answer is a replay."""
+    response.headers["ETag"] = etag(saved.version)
+    if saved.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return saved.todo
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses=responses(*COMMON, 409, 413, 415)
+    | success(201, "Location", "ETag", "Idempotent-Replayed"),
+)
+async def create_todo(body: TodoCreate, tx: TxDep, key: KeyDep, response: Response) -> TodoPublic:
+    saved = await todos.create(tx, body, key)
+    response.headers["Location"] = f"{PREFIX}/{saved.todo.id}"
+    return send(saved, response)
 
 
 @router.get("", responses=responses(*COMMON))
@@ -29,27 +69,40 @@ async def list_todos(tx: TxDep, page: PageDep) -> TodoList:
     return await todos.list_(tx, page)
 
 
-@router.get("/{todo_id}", responses=responses(*COMMON, 404))
-async def get_todo(todo_id: UUID, tx: TxDep) -> TodoPublic:
-    todo = await todos.get(tx, todo_id)
-    if todo is None:
-        raise not_found()
-    return todo
+@router.get(
+    "/{todo_id}",
+    response_model=TodoPublic,
+    responses=responses(*COMMON, 404) | success(200, "ETag") | NOT_MODIFIED,
+)
+async def get_todo(
+    todo_id: UUID, tx: TxDep, cached: IfNoneMatchDep, response: Response
+) -> TodoPublic | Response:
+    saved = await todos.get(tx, todo_id)
+    if cached.has(saved.version):
+        return Response(status_code=304, headers={"ETag": etag(saved.version)})
+    return send(saved, response)
 
 
-@router.patch("/{todo_id}", responses=responses(*COMMON, 404, 413, 415))
-async def update_todo(todo_id: UUID, body: TodoUpdate, tx: TxDep) -> TodoPublic:
+@router.patch(
+    "/{todo_id}",
+    responses=responses(*COMMON, 404, 409, 412, 413, 415)
+    | success(200, "ETag", "Idempotent-Replayed"),
+)
+async def update_todo(
+    todo_id: UUID,
+    body: TodoUpdate,
+    tx: TxDep,
+    versions: IfMatchDep,
+    key: KeyDep,
+    response: Response,
+) -> TodoPublic:
     """Changes only the fields sent; `{}` changes nothing."""
-    todo = await todos.update(tx, todo_id, body)
-    if todo is None:
-        raise not_found()
-    return todo
+    return send(await todos.update(tx, todo_id, body, versions, key), response)
 
 
-@router.delete("/{todo_id}", status_code=204, responses=responses(*COMMON, 404))
-async def delete_todo(todo_id: UUID, tx: TxDep) -> Response:
-    if not await todos.delete(tx, todo_id):
-        raise not_found()
+@router.delete("/{todo_id}", status_code=204, responses=responses(*COMMON, 404, 412))
+async def delete_todo(todo_id: UUID, tx: TxDep, versions: IfMatchDep) -> Response:
+    await todos.delete(tx, todo_id, versions)
     return Response(status_code=204)
 
 

@@ -8,16 +8,46 @@ from uuid import UUID
 
 from psycopg import sql
 
+from db.idempotency import NOT_REPLAYED, Key, Outcome, write_once
 from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
 from db.transaction import Transaction
 
 COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at"
+VERSIONED = f"{COLUMNS}, version"
 
 # A user's row is created by their first write, in the same transaction.
 ENSURE_USER = (
     "INSERT INTO users (id, issuer, subject) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING"
 )
 
+
+class NotFound(Exception):
+    """No todo with this id exists for this user."""
+
+
+class PreconditionFailed(Exception):
+    """The todo exists, but its version is not one that If-Match named."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A todo and its version: as stored now, or as a replayed answer recorded them."""
+
+    todo: TodoPublic
+    version: int
+    replayed: bool = False
+
+
+def _saved(outcome: Outcome) -> Saved:
+    if outcome.answer is None:
+        raise PreconditionFailed if outcome.found else NotFound
+    todo = TodoPublic.model_validate(outcome.answer)
+    return Saved(todo, outcome.answer["version"], outcome.replayed)
+
+
+# If-Match: `versions` is None for no condition (or `*`), else the versions it names.
+MATCHES = "(%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s::bigint[]))"
+Versions = list[int] | None
 
 Position = tuple[datetime, UUID]  # (created_at, id) of the last todo on a page
 
@@ -47,22 +77,24 @@ def decode_cursor(cursor: str) -> Position:
     return position
 
 
-async def create(tx: Transaction, todo: TodoCreate) -> TodoPublic:
-    insert = (
+async def create(tx: Transaction, todo: TodoCreate, key: Key | None = None) -> Saved:
+    insert = sql.SQL(
         f"INSERT INTO todos (user_id, title, description, is_completed)"
-        f" VALUES (%s, %s, %s, %s) RETURNING {COLUMNS}"
+        f" SELECT %(user)s, %(title)s, %(description)s, %(is_completed)s WHERE {NOT_REPLAYED}"
+        f" RETURNING {VERSIONED}"
     )
-    params = (tx.user_id, todo.title, todo.description, todo.is_completed)
     user = (tx.user_id, tx.caller.issuer, tx.caller.subject)
-    [row] = await tx.fetch((ENSURE_USER, user), (insert, params))
-    return TodoPublic.model_validate(row)
+    params = {**todo.model_dump(), "id": None}
+    return _saved(await write_once(tx, insert, params, key, (ENSURE_USER, user)))
 
 
-async def get(tx: Transaction, todo_id: UUID) -> TodoPublic | None:
+async def get(tx: Transaction, todo_id: UUID) -> Saved:
     rows = await tx.fetch(
-        (f"SELECT {COLUMNS} FROM todos WHERE id = %s AND user_id = %s", (todo_id, tx.user_id))
+        (f"SELECT {VERSIONED} FROM todos WHERE id = %s AND user_id = %s", (todo_id, tx.user_id))
     )
-    return TodoPublic.model_validate(rows[0]) if rows else None
+    if not rows:
+        raise NotFound
+    return Saved(TodoPublic.model_validate(rows[0]), rows[0]["version"])
 
 
 async def list_(tx: Transaction, page: Page) -> TodoList:
@@ -88,22 +120,43 @@ async def list_(tx: Transaction, page: Page) -> TodoList:
     return TodoList(items=items, count=len(items), next_cursor=next_cursor)
 
 
-async def update(tx: Transaction, todo_id: UUID, changes: TodoUpdate) -> TodoPublic | None:
+async def update(
+    tx: Transaction,
+    todo_id: UUID,
+    changes: TodoUpdate,
+    versions: Versions = None,
+    key: Key | None = None,
+) -> Saved:
+    """The condition (If-Match) is part of the UPDATE, so no other write can come between
+    checking and writing; a stale version and a missing todo are told apart in the same
+    statement."""
     fields = changes.model_dump(exclude_unset=True)
-    if not fields:  # `{}` changes nothing, not even updated_at
-        return await get(tx, todo_id)
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = %s").format(sql.Identifier(name)) for name in fields
-    )
-    query = sql.SQL("UPDATE todos SET {} WHERE id = %s AND user_id = %s RETURNING {}").format(
-        assignments, sql.SQL(COLUMNS)
-    )
-    rows = await tx.fetch((query, (*fields.values(), todo_id, tx.user_id)))
-    return TodoPublic.model_validate(rows[0]) if rows else None
+    target = sql.SQL(f"id = %(id)s AND user_id = %(user)s AND {MATCHES} AND {NOT_REPLAYED}")
+    if fields:
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name))
+            for name in fields
+        )
+        write = sql.SQL("UPDATE todos SET {} WHERE {} RETURNING {}").format(
+            assignments, target, sql.SQL(VERSIONED)
+        )
+    else:  # `{}` changes nothing, not even updated_at or the version
+        write = sql.SQL("SELECT {} FROM todos WHERE {}").format(sql.SQL(VERSIONED), target)
+    params = {**fields, "id": todo_id, "versions": versions}
+    return _saved(await write_once(tx, write, params, key))
 
 
-async def delete(tx: Transaction, todo_id: UUID) -> bool:
-    rows = await tx.fetch(
-        ("DELETE FROM todos WHERE id = %s AND user_id = %s RETURNING id", (todo_id, tx.user_id))
-    )
-    return bool(rows)
+DELETE = f"""
+WITH deleted AS (
+    DELETE FROM todos WHERE id = %(id)s AND user_id = %(user)s AND {MATCHES} RETURNING id
+)
+SELECT EXISTS (SELECT FROM deleted) AS deleted,
+       EXISTS (SELECT FROM todos WHERE id = %(id)s AND user_id = %(user)s) AS found
+"""
+
+
+async def delete(tx: Transaction, todo_id: UUID, versions: Versions = None) -> None:
+    params = {"id": todo_id, "user": tx.user_id, "versions": versions}
+    [row] = await tx.fetch((DELETE, params))
+    if not row["deleted"]:
+        raise PreconditionFailed if row["found"] else NotFound

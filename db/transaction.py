@@ -1,6 +1,6 @@
 """The per-request transaction: the one place a request touches the database."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -27,7 +27,7 @@ SELECT set_config('role', %s, true),
        set_config('search_path', 'public, pg_temp', true)
 """
 
-Statement = tuple[QueryNoTemplate, Sequence[Any]]
+Statement = tuple[QueryNoTemplate, Sequence[Any] | Mapping[str, Any]]
 
 
 @dataclass(frozen=True)

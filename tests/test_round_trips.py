@@ -4,8 +4,9 @@ A proxy between the app and PostgreSQL reads the messages the client sends. A ro
 is the client asking for results: a Sync, a simple Query, or a Flush after new commands
 (the server sends nothing back before one of these). A statement is an Execute, whose SQL
 comes from the Parse and Bind before it, or a simple Query. In steady state every endpoint
-is one round trip that sets the RLS context and runs its own statements; PATCH is one
-UPDATE and DELETE one DELETE. Nothing here is timed.
+is one round trip that sets the RLS context and runs its own statements: a write is one
+statement that also checks If-Match and reads or records its Idempotency-Key, and a keyed
+write first forgets the key if it expired. Nothing here is timed.
 """
 
 import socket
@@ -19,6 +20,7 @@ import psycopg
 import pytest
 from conftest import app_client, new_user
 from fastapi.testclient import TestClient
+from httpx import Response
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import make_url
 
@@ -123,12 +125,14 @@ class Counted:
     url: str  # the database, through the proxy
     wire: Wire
     client: TestClient  # the app, on that url
+    last: Response | None = None  # the last request's response
 
     def request(self, method: str, path: str, status: int, **kwargs) -> tuple[int, list[str]]:
         """The round trips of one request, and the first word of each of its own statements."""
         round_trips, statements = self.wire.round_trips, len(self.wire.statements)
         response = self.client.request(method, path, **kwargs)
         assert response.status_code == status, response.text
+        self.last = response
         sent = self.wire.statements[statements:]
         assert any("set_config(" in sql for sql in sent), "the RLS context was not set"
         own = [sql.split()[0].upper() for sql in sent if not is_context(sql)]
@@ -162,22 +166,49 @@ def test_every_endpoint_is_one_round_trip(counted: Counted) -> None:
     someone_elses = f"{TODOS}/{uuid.uuid4()}"
     # (method, path, body, status, the endpoint's own statements)
     requests = [
-        ("POST", TODOS, {"title": "Buy milk"}, 201, ["INSERT", "INSERT"]),  # user row, todo
+        ("POST", TODOS, {"title": "Buy milk"}, 201, ["INSERT", "WITH"]),  # user row, todo
         ("GET", TODOS, None, 200, ["SELECT"]),
         ("GET", f"{TODOS}?limit=1", None, 200, ["SELECT"]),
         ("GET", todo, None, 200, ["SELECT"]),
-        ("PATCH", todo, {"is_completed": True}, 200, ["UPDATE"]),
-        ("PATCH", todo, {}, 200, ["SELECT"]),
+        ("PATCH", todo, {"is_completed": True}, 200, ["WITH"]),
+        ("PATCH", todo, {}, 200, ["WITH"]),
         ("GET", someone_elses, None, 404, ["SELECT"]),
-        ("PATCH", someone_elses, {"title": "x"}, 404, ["UPDATE"]),
+        ("PATCH", someone_elses, {"title": "x"}, 404, ["WITH"]),
     ]
     # Past psycopg's prepare threshold (5 runs), so prepared statements are read too.
     for _ in range(7):
         for method, path, body, status, own in requests:
             sent = counted.request(method, path, status, json=body, headers=user)
             assert sent == (1, own), f"{method} {path} {body}"
-    assert counted.request("DELETE", todo, 204, headers=user) == (1, ["DELETE"])
-    assert counted.request("DELETE", todo, 404, headers=user) == (1, ["DELETE"])
+    assert counted.request("DELETE", todo, 204, headers=user) == (1, ["WITH"])
+    assert counted.request("DELETE", todo, 404, headers=user) == (1, ["WITH"])
+
+
+def test_safe_retries_and_conditions_are_one_round_trip(counted: Counted) -> None:
+    user = new_user()
+    todo = counted.client.post(TODOS, json={"title": "warm"}, headers=user).headers["Location"]
+    for _ in range(7):
+        etag = {"ETag": counted.client.get(todo, headers=user).headers["ETag"]}
+        keyed = {**user, "Idempotency-Key": str(uuid.uuid4())}
+        create = {"json": {"title": "Once"}, "headers": keyed}
+        # A keyed create: forget the key if expired, the user row, the write and its record.
+        assert counted.request("POST", TODOS, 201, **create) == (1, ["DELETE", "INSERT", "WITH"])
+        assert "Idempotent-Replayed" not in counted.last.headers
+        # Its replay: the same statements, which find the recorded answer and write nothing.
+        assert counted.request("POST", TODOS, 201, **create) == (1, ["DELETE", "INSERT", "WITH"])
+        assert counted.last.headers["Idempotent-Replayed"] == "true"
+
+        if_none_match = {**user, "If-None-Match": etag["ETag"]}
+        assert counted.request("GET", todo, 304, headers=if_none_match) == (1, ["SELECT"])
+        if_match = {**user, "If-Match": etag["ETag"]}
+        change = {"json": {"is_completed": True}, "headers": if_match}
+        assert counted.request("PATCH", todo, 200, **change) == (1, ["WITH"])
+        assert counted.request("PATCH", todo, 412, **change) == (1, ["WITH"])  # now stale
+        assert counted.request("DELETE", todo, 412, headers=if_match) == (1, ["WITH"])
+
+        another_key = {**user, "Idempotency-Key": str(uuid.uuid4())}
+        keyed_change = {"json": {"title": "Twice?"}, "headers": another_key}
+        assert counted.request("PATCH", todo, 200, **keyed_change) == (1, ["DELETE", "WITH"])
 
 
 def test_the_reader_sees_every_round_trip(counted: Counted) -> None:

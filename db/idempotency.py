@@ -1,0 +1,131 @@
+"""Idempotency keys: a write's answer, recorded in the same statement, replayed to retries."""
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.errors import UniqueViolation
+
+from db.connection import Pool
+from db.transaction import RUNTIME_ROLE, SET_CONTEXT, Statement, Transaction
+
+log = logging.getLogger("todo.idempotency")
+
+SWEEP_EVERY_S = 300
+
+
+@dataclass(frozen=True)
+class Key:
+    """An Idempotency-Key, and a fingerprint of the request it came with."""
+
+    value: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, value: str, method: str, path: str, body: bytes) -> "Key":
+        digest = hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
+        return cls(value, digest)
+
+
+class KeyReused(Exception):
+    """The key's recorded answer is for a different method, path or body."""
+
+
+class KeyInFlight(Exception):
+    """A request with the same key committed while this one ran: this one wrote nothing."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answer: dict[str, Any] | None  # the written row, or the recorded one; None: nothing written
+    replayed: bool
+    found: bool  # whether the todo the write targets exists (for 404 versus 412)
+
+
+# A key is free again 24 hours after its write (policies.sql says so too, for the sweep).
+FORGET_EXPIRED = """
+DELETE FROM idempotency_keys
+WHERE user_id = %(user)s AND key = %(key)s AND created_at <= now() - interval '24 hours'
+"""
+
+# Every write runs inside this statement. `replay` is the answer already recorded under the
+# request's key (nothing without a key), and {write} must not run when there is one; the
+# answer of a write that runs is recorded under the key in the same statement. A duplicate
+# racing the original sees no answer yet and writes too, but its insert into
+# idempotency_keys waits for the original to commit and then violates the primary key,
+# which rolls back everything it wrote.
+ONCE = """
+WITH replay AS (
+    SELECT fingerprint, response FROM idempotency_keys
+    WHERE user_id = %(user)s AND key = %(key)s
+), written AS (
+    {write}
+), recorded AS (
+    INSERT INTO idempotency_keys (user_id, key, fingerprint, response)
+    SELECT user_id, %(key)s, %(fingerprint)s, to_jsonb(written) FROM written
+    WHERE %(key)s IS NOT NULL
+)
+SELECT (SELECT to_jsonb(written) FROM written) AS written,
+       (SELECT to_jsonb(replay) FROM replay) AS replay,
+       EXISTS (SELECT FROM todos WHERE id = %(id)s AND user_id = %(user)s) AS found
+"""
+NOT_REPLAYED = "NOT EXISTS (SELECT FROM replay)"
+
+
+async def write_once(
+    tx: Transaction,
+    write: sql.Composable,
+    params: dict[str, Any],
+    key: Key | None,
+    *before: Statement,
+) -> Outcome:
+    """Run `write` (which names NOT_REPLAYED in its WHERE clause) unless `key` has an answer.
+
+    One transaction, one round trip: the statements `before`, then the write and its record.
+    """
+    params = {
+        **params,
+        "user": tx.user_id,
+        "key": key.value if key else None,
+        "fingerprint": key.fingerprint if key else None,
+    }
+    forget: list[Statement] = [(FORGET_EXPIRED, params)] if key else []
+    statement = sql.SQL(ONCE).format(write=write)
+    try:
+        [row] = await tx.fetch(*forget, *before, (statement, params))
+    except UniqueViolation as error:
+        if error.diag.constraint_name == "idempotency_keys_pkey":
+            raise KeyInFlight from None
+        raise
+    if replay := row["replay"]:
+        assert key is not None
+        if replay["fingerprint"] != key.fingerprint:
+            raise KeyReused
+        return Outcome(replay["response"], replayed=True, found=True)
+    return Outcome(row["written"], replayed=False, found=row["found"])
+
+
+# No WHERE clause, and so no user: only the expiry policy in policies.sql lets a row through.
+SWEEP = "DELETE FROM idempotency_keys"
+
+
+async def sweep(pool: Pool, statement_timeout_ms: int) -> int:
+    """Remove every user's expired keys; returns how many."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "{}", str(statement_timeout_ms)))
+        return (await conn.execute(SWEEP)).rowcount
+
+
+async def sweep_forever(pool: Pool, statement_timeout_ms: int) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            removed = await sweep(pool, statement_timeout_ms)
+        except psycopg.Error as error:  # the database is away: the next sweep will do it
+            log.warning("idempotency key sweep failed: %s", error.__class__.__name__)
+        else:
+            log.info("idempotency key sweep removed %d expired keys", removed)
