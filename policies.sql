@@ -86,7 +86,8 @@ CREATE POLICY idempotency_keys_own_rows ON idempotency_keys
 -- A key expires 24 hours after its write. Expired keys are garbage that anyone may remove:
 -- the service's sweep, running with no user, deletes them with a plain
 -- `DELETE FROM idempotency_keys`. Nobody can read another user's key, expired or not:
--- PostgreSQL applies the policy above to any DELETE with a WHERE or RETURNING clause.
+-- PostgreSQL applies the policy above to any DELETE that reads a column (in its WHERE or
+-- RETURNING clause), so such a DELETE cannot pick out another user's keys.
 DROP POLICY IF EXISTS idempotency_keys_expired ON idempotency_keys;
 CREATE POLICY idempotency_keys_expired ON idempotency_keys
     FOR DELETE TO todo_app

@@ -98,9 +98,10 @@ PageDep = Annotated[todos.Page, Depends(page)]
 
 
 # 1 to 255 visible ASCII characters, bare or as a structured-field string (RFC 8941), in
-# which spaces are allowed and a backslash escapes `"` or `\`.
+# which spaces are allowed and a backslash escapes `"` or `\`. A value that starts with `"`
+# is a structured-field string, so `""` (empty) and `"abc` (unterminated) are refused.
 QUOTED_KEY = r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"]){1,255})"'
-KEY_PATTERN = rf"^(?:[\x21-\x7e]{{1,255}}|{QUOTED_KEY})$"
+KEY_PATTERN = rf"^(?:[\x21\x23-\x7e][\x21-\x7e]{{0,254}}|{QUOTED_KEY})$"
 
 
 async def idempotency_key(

@@ -109,7 +109,8 @@ async def write_once(
     return Outcome(row["written"], replayed=False, found=row["found"])
 
 
-# No WHERE clause, and so no user: only the expiry policy in policies.sql lets a row through.
+# Run with no user, and reading no column: only the expiry policy in policies.sql lets a row
+# through, and the read policy, which would hide every row, does not apply.
 SWEEP = "DELETE FROM idempotency_keys"
 
 
