@@ -13,12 +13,13 @@ import pytest
 import requests
 from cluster import wait_until
 from conftest import SWITCH, app_client, app_settings, as_user, id_of, new_user
+from fastapi.testclient import TestClient
 from psycopg.errors import InsufficientPrivilege
 from test_api import TODOS, assert_invalid, assert_problem, create, fetch, items
 from test_fuzz_schema import serving
 from test_safety import UNREACHABLE_URL
 
-from api.main import pool_for
+from api.main import create_app, pool_for
 from db import idempotency
 from db.idempotency import sweep
 
@@ -300,6 +301,19 @@ def test_a_key_is_free_again_after_24_hours(client, user, sql, age, expired):
     else:
         assert_replay_of(again, first)
     assert todo_count(sql, user) == (2 if expired else 1)
+
+
+def test_only_the_keys_own_conflict_is_taken_for_a_race(make_database):
+    """A unique constraint someone added to todos is not the key's: its violation is an
+    error on our side (500), not a 409 that would send the client into retries."""
+    url = make_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE UNIQUE INDEX one_title_each ON todos (user_id, title)")
+    user = new_user()
+    with TestClient(create_app(app_settings(url)), raise_server_exceptions=False) as client:
+        assert_first(post(client, user, "first"))
+        answer = post(client, user, "second")
+    assert_problem(answer, 500, "INTERNAL_ERROR")
 
 
 def test_the_sweep_removes_every_users_expired_keys_and_only_those(client, sql):
