@@ -27,18 +27,19 @@ HEADERS = {
 }
 
 
+def described(*headers: str) -> dict[str, Any]:
+    return {name: {"description": HEADERS[name], "schema": {"type": "string"}} for name in headers}
+
+
 def success(status: int, *headers: str) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI headers of a success response."""
-    described = {
-        name: {"description": HEADERS[name], "schema": {"type": "string"}} for name in headers
-    }
-    return {status: {"headers": described}}
+    return {status: {"headers": described(*headers)}}
 
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {
         "description": "Not Modified: the todo's ETag is one that If-None-Match named. No body.",
-        "headers": success(304, "ETag")[304]["headers"],
+        "headers": described("ETag"),
     }
 }
 
