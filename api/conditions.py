@@ -22,7 +22,7 @@ def _tags(header: str) -> list[tuple[bool, int]]:
     return [(bool(tag[1]), int(tag[2])) for tag in found if tag]
 
 
-def if_match(
+async def if_match(
     header: Annotated[
         str | None,
         Header(
@@ -54,7 +54,7 @@ class Cached:
         return self.any or version in self.versions
 
 
-def if_none_match(
+async def if_none_match(
     header: Annotated[
         str | None,
         Header(
