@@ -48,6 +48,9 @@ def _saved(outcome: Outcome) -> Saved:
 # If-Match: `versions` is None for no condition (or `*`), else the versions it names.
 MATCHES = "(%(versions)s::bigint[] IS NULL OR version = ANY(%(versions)s::bigint[]))"
 Versions = list[int] | None
+# The todo a PATCH or DELETE acts on: the caller's, at a version If-Match names, and only when
+# the request's Idempotency-Key has no recorded answer.
+TARGET = f"id = %(id)s AND user_id = %(user)s AND {MATCHES} AND {NOT_REPLAYED}"
 
 Position = tuple[datetime, UUID]  # (created_at, id) of the last todo on a page
 
@@ -131,7 +134,7 @@ async def update(
     checking and writing; a stale version and a missing todo are told apart in the same
     statement."""
     fields = changes.model_dump(exclude_unset=True)
-    target = sql.SQL(f"id = %(id)s AND user_id = %(user)s AND {MATCHES} AND {NOT_REPLAYED}")
+    target = sql.SQL(TARGET)
     if fields:
         assignments = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name))
@@ -146,17 +149,7 @@ async def update(
     return _saved(await write_once(tx, write, params, key))
 
 
-DELETE = f"""
-WITH deleted AS (
-    DELETE FROM todos WHERE id = %(id)s AND user_id = %(user)s AND {MATCHES} RETURNING id
-)
-SELECT EXISTS (SELECT FROM deleted) AS deleted,
-       EXISTS (SELECT FROM todos WHERE id = %(id)s AND user_id = %(user)s) AS found
-"""
-
-
 async def delete(tx: Transaction, todo_id: UUID, versions: Versions = None) -> None:
-    params = {"id": todo_id, "user": tx.user_id, "versions": versions}
-    [row] = await tx.fetch((DELETE, params))
-    if not row["deleted"]:
-        raise PreconditionFailed if row["found"] else NotFound
+    """As update: the condition is part of the DELETE, which tells 404 from 412 as well."""
+    write = sql.SQL(f"DELETE FROM todos WHERE {TARGET} RETURNING {VERSIONED}")
+    _saved(await write_once(tx, write, {"id": todo_id, "versions": versions}, key=None))
