@@ -65,17 +65,16 @@ FROM pg_policies WHERE schemaname = 'public' AND tablename = ANY(%s)
 # The column that names a row's owner, and what every owner policy compares it with.
 OWNER_COLUMN = {"users": "id", "todos": "user_id", "idempotency_keys": "user_id"}
 OWNER_TEST = "({} = ( SELECT current_app_user() AS current_app_user))"
-# The one permissive policy that is not an owner test, as PostgreSQL shows it.
-EXPIRED_KEYS = (
-    "idempotency_keys_expired",
-    (
+# The permissive policies that are not an owner test, as PostgreSQL shows them.
+OTHER_POLICIES = {
+    "idempotency_keys_expired": (
         "PERMISSIVE",
         [RUNTIME_ROLE],
         "DELETE",
         "(created_at <= (now() - '24:00:00'::interval))",
         None,
     ),
-)
+}
 ROLE = "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s"
 # Every table-level privilege the runtime role holds on any relation outside the system
 # schemas, whether granted to it, to PUBLIC, or to a role it belongs to; a privilege on
@@ -131,11 +130,10 @@ async def run_checks(conn: AsyncConnection) -> list[Check]:
         if restrictive:
             # A restrictive policy can only narrow what the owner test allows, e.g. by a claim.
             as_written = found is not None and found[:2] == ("RESTRICTIVE", [RUNTIME_ROLE])
-        elif policy == EXPIRED_KEYS[0]:
-            as_written = found == EXPIRED_KEYS[1]
         else:
             test = OWNER_TEST.format(OWNER_COLUMN[table])
-            as_written = found == ("PERMISSIVE", [RUNTIME_ROLE], "ALL", test, test)
+            owner_test = ("PERMISSIVE", [RUNTIME_ROLE], "ALL", test, test)
+            as_written = found == OTHER_POLICIES.get(policy, owner_test)
         checks.append(
             Check(f"policy {policy} on {table} as policies.sql writes it", as_written, REAPPLY_FIX)
         )
