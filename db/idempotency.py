@@ -11,7 +11,7 @@ from psycopg import sql
 from psycopg.errors import UniqueViolation
 
 from db.connection import Pool
-from db.transaction import RUNTIME_ROLE, SET_CONTEXT, Statement, Transaction
+from db.transaction import SET_CONTEXT, Statement, Transaction, context
 
 log = logging.getLogger("todo.idempotency")
 
@@ -117,7 +117,7 @@ SWEEP = "DELETE FROM idempotency_keys"
 async def sweep(pool: Pool, statement_timeout_ms: int) -> int:
     """Remove every user's expired keys; returns how many."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "{}", str(statement_timeout_ms)))
+        await conn.execute(SET_CONTEXT, context(statement_timeout_ms))
         return (await conn.execute(SWEEP)).rowcount
 
 

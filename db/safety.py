@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 from psycopg.abc import Params
 
 from db.connection import PROJECT_ROOT
-from db.transaction import RUNTIME_ROLE, SET_CONTEXT
+from db.transaction import RUNTIME_ROLE, SET_CONTEXT, context
 
 POLICIES_SQL = PROJECT_ROOT / "policies.sql"
 TABLES = ["users", "todos", "idempotency_keys"]
@@ -216,7 +216,7 @@ async def _switch_check(conn: AsyncConnection) -> Check:
     name = f"connecting role can switch to {RUNTIME_ROLE}, and sees no rows without a user"
     try:
         async with conn.transaction():
-            await conn.execute(SET_CONTEXT, (RUNTIME_ROLE, "", "{}", "5000"), prepare=False)
+            await conn.execute(SET_CONTEXT, context(5000), prepare=False)
             [(visible,)] = await _rows(conn, "SELECT count(*) FROM todos")
     except psycopg.errors.InsufficientPrivilege:
         return Check(name, False, f"as an admin: GRANT {RUNTIME_ROLE} TO <the connecting role>")

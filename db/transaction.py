@@ -30,6 +30,11 @@ SELECT set_config('role', %s, true),
 Statement = tuple[QueryNoTemplate, Sequence[Any] | Mapping[str, Any]]
 
 
+def context(statement_timeout_ms: int, user_id: str = "", claims: str = "{}") -> tuple[str, ...]:
+    """SET_CONTEXT's parameters; with no user_id, the context of no user (zero rows visible)."""
+    return (RUNTIME_ROLE, user_id, claims, str(statement_timeout_ms))
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who a request acts for. Behind a trusted gateway there is no token: no issuer, no
@@ -48,12 +53,7 @@ class Transaction:
         self.pool = pool
         self.caller = caller
         self.user_id = caller.user_id
-        self._context = (
-            RUNTIME_ROLE,
-            str(caller.user_id),
-            caller.claims,
-            str(statement_timeout_ms),
-        )
+        self._context = context(statement_timeout_ms, str(caller.user_id), caller.claims)
 
     async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
         """Run the statements in one transaction and return the rows of the last one.
