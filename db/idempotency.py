@@ -78,12 +78,14 @@ NOT_REPLAYED = "NOT EXISTS (SELECT FROM replay)"
 
 async def write_once(
     tx: Transaction,
+    name: str,
     write: sql.Composable,
     params: dict[str, Any],
     key: Key | None,
     *before: Statement,
 ) -> Outcome:
-    """Run `write` (which names NOT_REPLAYED in its WHERE clause) unless `key` has an answer.
+    """Run `write`, the statement `name` (which names NOT_REPLAYED in its WHERE clause),
+    unless `key` has an answer.
 
     One transaction, one round trip: the statements `before`, then the write and its record.
     """
@@ -93,10 +95,10 @@ async def write_once(
         "key": key.value if key else None,
         "fingerprint": key.fingerprint if key else None,
     }
-    forget: list[Statement] = [(FORGET_EXPIRED, params)] if key else []
-    statement = sql.SQL(ONCE).format(write=write)
+    forget = [Statement("forget expired key", FORGET_EXPIRED, params)] if key else []
+    statement = Statement(name, sql.SQL(ONCE).format(write=write), params)
     try:
-        [row] = await tx.fetch(*forget, *before, (statement, params))
+        [row] = await tx.fetch(*forget, *before, statement)
     except UniqueViolation as error:
         if error.diag.constraint_name == "idempotency_keys_pkey":
             raise KeyInFlight from None

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from db.idempotency import NOT_REPLAYED, Key, Outcome, write_once
 from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
-from db.transaction import Transaction
+from db.transaction import Statement, Transaction
 
 COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at"
 VERSIONED = f"{COLUMNS}, version"
@@ -88,13 +88,13 @@ async def create(tx: Transaction, todo: TodoCreate, key: Key | None = None) -> S
     )
     user = (tx.user_id, tx.caller.issuer, tx.caller.subject)
     params = {**todo.model_dump(), "id": None}
-    return _saved(await write_once(tx, insert, params, key, (ENSURE_USER, user)))
+    ensure_user = Statement("ensure user", ENSURE_USER, user)
+    return _saved(await write_once(tx, "create todo", insert, params, key, ensure_user))
 
 
 async def get(tx: Transaction, todo_id: UUID) -> Saved:
-    rows = await tx.fetch(
-        (f"SELECT {VERSIONED} FROM todos WHERE id = %s AND user_id = %s", (todo_id, tx.user_id))
-    )
+    query = f"SELECT {VERSIONED} FROM todos WHERE id = %s AND user_id = %s"
+    rows = await tx.fetch(Statement("get todo", query, (todo_id, tx.user_id)))
     if not rows:
         raise NotFound
     return Saved(TodoPublic.model_validate(rows[0]), rows[0]["version"])
@@ -115,7 +115,8 @@ async def list_(tx: Transaction, page: Page) -> TodoList:
     )
     params.append(page.limit + 1)  # one more than asked tells whether a next page exists
 
-    items = [TodoPublic.model_validate(row) for row in await tx.fetch((query, params))]
+    rows = await tx.fetch(Statement("list todos", query, params))
+    items = [TodoPublic.model_validate(row) for row in rows]
     next_cursor = None
     if len(items) > page.limit:
         items = items[: page.limit]
@@ -146,10 +147,10 @@ async def update(
     else:  # `{}` changes nothing, not even updated_at or the version
         write = sql.SQL("SELECT {} FROM todos WHERE {}").format(sql.SQL(VERSIONED), target)
     params = {**fields, "id": todo_id, "versions": versions}
-    return _saved(await write_once(tx, write, params, key))
+    return _saved(await write_once(tx, "update todo", write, params, key))
 
 
 async def delete(tx: Transaction, todo_id: UUID, versions: Versions = None) -> None:
     """As update: the condition is part of the DELETE, which tells 404 from 412 as well."""
     write = sql.SQL(f"DELETE FROM todos WHERE {TARGET} RETURNING {VERSIONED}")
-    _saved(await write_once(tx, write, {"id": todo_id, "versions": versions}, key=None))
+    _saved(await write_once(tx, "delete todo", write, {"id": todo_id, "versions": versions}, None))

@@ -1,10 +1,12 @@
 """The per-request transaction: the one place a request touches the database."""
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
+from opentelemetry import trace
 from psycopg.abc import QueryNoTemplate
 from psycopg.errors import DuplicatePreparedStatement, InvalidSqlStatementName
 from psycopg.rows import dict_row
@@ -27,7 +29,11 @@ SELECT set_config('role', %s, true),
        set_config('search_path', 'public, pg_temp', true)
 """
 
-Statement = tuple[QueryNoTemplate, Sequence[Any] | Mapping[str, Any]]
+
+class Statement(NamedTuple):
+    name: str  # what traces show: never the SQL's parameters
+    sql: QueryNoTemplate
+    params: Sequence[Any] | Mapping[str, Any]
 
 
 def context(statement_timeout_ms: int, user_id: str = "", claims: str = "{}") -> tuple[str, ...]:
@@ -49,10 +55,18 @@ class Caller:
 class Transaction:
     """One request's database work, run as `todo_app` on behalf of one caller."""
 
-    def __init__(self, pool: Pool, caller: Caller, statement_timeout_ms: int):
+    def __init__(
+        self,
+        pool: Pool,
+        caller: Caller,
+        statement_timeout_ms: int,
+        tracer: trace.Tracer | None = None,  # None: no spans
+    ):
         self.pool = pool
         self.caller = caller
         self.user_id = caller.user_id
+        self.tracer = tracer
+        self.elapsed_s = 0.0  # waiting for a connection, and the round trip
         self._context = context(statement_timeout_ms, str(caller.user_id), caller.claims)
 
     async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
@@ -62,6 +76,27 @@ class Transaction:
         The commit is confirmed before this returns, so a caller that answers afterwards
         answers about durable data. Any error rolls the whole transaction back.
         """
+        started = time.perf_counter()
+        span = self.tracer and self.tracer.start_span(
+            "db transaction",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.query.summary": "; ".join(statement.name for statement in statements),
+            },
+        )
+        try:
+            return await self._run_again_if_lost(statements)
+        except BaseException as error:
+            if span:  # the class only: psycopg's messages can quote the row being written
+                span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+            raise
+        finally:
+            self.elapsed_s += time.perf_counter() - started
+            if span:
+                span.end()
+
+    async def _run_again_if_lost(self, statements: Sequence[Statement]) -> list[dict[str, Any]]:
         try:
             return await self._run(statements)
         except (InvalidSqlStatementName, DuplicatePreparedStatement):
@@ -77,7 +112,7 @@ class Transaction:
                 async with conn.pipeline():
                     await conn.execute("BEGIN")
                     await conn.execute(SET_CONTEXT, self._context)
-                    for sql, params in statements:
+                    for _, sql, params in statements:
                         cursor = conn.cursor(row_factory=dict_row)
                         await cursor.execute(sql, params)
                     await conn.execute("COMMIT")
