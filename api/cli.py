@@ -16,8 +16,8 @@ from uuid import UUID
 import psycopg
 from pydantic import ValidationError
 
-from api import identity
-from api.main import configure_logging, pool_for
+from api import identity, logs
+from api.main import pool_for
 from api.settings import Settings, get_settings
 from db import safety
 from db.connection import EMBEDDED_DATA, PROJECT_ROOT, resolve_url, sqlalchemy_url
@@ -59,11 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "psql" and (args.subject is None) != (args.issuer is None):
         parser.error("--subject and --issuer go together")
 
-    configure_logging()
     try:
         settings = get_settings()
     except ValidationError as error:
         sys.exit(f"todo-api: {settings_problems(error)}")
+    # The server logs to stdout; every other command keeps its stdout for what it prints.
+    logs.configure(settings.log_format, sys.stdout if args.command == "serve" else sys.stderr)
     try:
         if args.command == "token":
             print_dev_token(settings, args.user, args.ttl)
@@ -164,15 +165,23 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
     # then, so exit 0 rather than die by the signal.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: sys.exit(0))
-    uvicorn.run(
-        "api.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        # SIGTERM: stop accepting, finish in-flight requests (at most this long), close the pool.
-        timeout_graceful_shutdown=get_settings().shutdown_timeout_s,
-    )
+    with tempfile.TemporaryDirectory(prefix="todo-metrics-") as metrics_dir:
+        if workers > 1:  # each worker writes its metrics there; /metrics sums them
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # SIGTERM: stop accepting, finish in-flight requests (at most this long), close
+            # the pool.
+            timeout_graceful_shutdown=get_settings().shutdown_timeout_s,
+            # Our logging (api.logs), and our access line (api.observability) instead of
+            # uvicorn's.
+            log_config=None,
+            access_log=False,
+        )
 
 
 def open_psql(url: str, user_id: UUID) -> int:

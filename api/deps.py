@@ -1,13 +1,16 @@
 """Request dependencies: who is calling, and the transaction that acts for them."""
 
 import re
+import time
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 from pydantic import BeforeValidator
 
+from api import metrics
 from api.errors import ApiError, FieldError
 from api.identity import Identity
+from api.observability import exchange_of
 from db import todos
 from db.idempotency import Key
 from db.transaction import Caller, Transaction
@@ -37,7 +40,17 @@ def _utf8_json(body: bytes) -> bool:
 async def caller(request: Request, _: Annotated[None, Depends(well_formed)]) -> Caller:
     """Who is calling, as the configured identity mode (api.identity) establishes it."""
     identity: Identity = request.app.state.identity
-    return await identity.caller(request)
+    exchange = exchange_of(request.scope)
+    started = time.perf_counter()
+    try:
+        caller = await identity.caller(request)
+    except ApiError as error:
+        metrics.AUTH_FAILURES.labels(error.error_code).inc()
+        raise
+    finally:
+        exchange.auth_s = time.perf_counter() - started
+    exchange.user_id = caller.user_id
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
@@ -45,7 +58,9 @@ CallerDep = Annotated[Caller, Depends(caller)]
 
 async def transaction(request: Request, caller: CallerDep) -> Transaction:
     state = request.app.state
-    return Transaction(state.pool, caller, state.settings.db_statement_timeout_ms)
+    tx = Transaction(state.pool, caller, state.settings.db_statement_timeout_ms, state.tracer)
+    exchange_of(request.scope).transaction = tx
+    return tx
 
 
 TxDep = Annotated[Transaction, Depends(transaction)]

@@ -1,9 +1,11 @@
 """Every error leaves as application/problem+json (RFC 9457) with an error_code.
 
-Nothing internal reaches a response: no stack trace, SQL, or exception text.
+Nothing internal reaches a response: no stack trace, SQL, or exception text. What no
+handler here answers, api.observability answers with `unexpected`, a 500.
 """
 
 import logging
+import traceback
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -12,10 +14,12 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from api import metrics
 from db import idempotency, todos
 
 log = logging.getLogger("todo.api")
@@ -149,6 +153,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        kind = next(kind for cls, kind in UNAVAILABLE if isinstance(error, cls))
+        metrics.DB_ERRORS.labels(kind).inc()
         log.warning("database unavailable: %s", error.__class__.__name__)
         return problem(
             ApiError(
@@ -159,19 +165,33 @@ def install(app: FastAPI) -> None:
             )
         )
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(ApiError(500, "INTERNAL_ERROR", "Something went wrong on our side."))
-
     @app.exception_handler(psycopg.errors.InsufficientPrivilege)
     async def refused_by_policy(request: Request, error: Exception) -> JSONResponse:
         # Our own policies never refuse what the handlers write; one added to policies.sql
         # (on a token claim, say) may. Any other missing privilege is our fault: a 500.
         assert isinstance(error, psycopg.Error)
         if (error.diag.message_primary or "").startswith(RLS_REFUSAL):
+            metrics.DB_ERRORS.labels("rls_refusal").inc()
             return problem(ApiError(403, *EXAMPLES[403]))
-        return await internal_error(request, error)
+        return unexpected(error)
+
+
+# The kinds of OperationalError, as todo_db_errors_total counts them; the first match wins.
+UNAVAILABLE = (
+    (PoolTimeout, "pool_timeout"),
+    (psycopg.errors.QueryCanceled, "statement_timeout"),
+    (psycopg.OperationalError, "unavailable"),
+)
+
+
+def unexpected(error: Exception) -> JSONResponse:
+    """A 500 for what no handler expects. The log gets the exception's class and where it
+    was raised, not its message: a database error's message can quote the row it refused."""
+    where = "".join(traceback.format_tb(error.__traceback__))
+    log.error("unexpected %s, raised at:\n%s", type(error).__name__, where.rstrip())
+    if isinstance(error, psycopg.Error):
+        metrics.DB_ERRORS.labels("other").inc()
+    return problem(ApiError(500, *EXAMPLES[500]))
 
 
 # What the database said about a request, and the error that tells the client.

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import jwt
 
+from api import metrics
 from api.errors import RETRY_AFTER_S, ApiError
 
 log = logging.getLogger("todo.identity")
@@ -101,7 +102,9 @@ class JwksKeys:
                 error,
                 len(self.keys),
             )
+            metrics.JWKS_FETCHES.labels("failed").inc()
             return False
+        metrics.JWKS_FETCHES.labels("ok").inc()
         self._fetched = True
         if document != self._document:
             self.keys, self._document = keys, document

@@ -6,6 +6,7 @@ from uuid import UUID
 import psycopg
 from fastapi import APIRouter, Request, Response
 
+from api import metrics
 from api.conditions import IfMatchDep, IfNoneMatchDep, etag
 from api.deps import KeyDep, PageDep, TxDep
 from api.errors import RETRY_AFTER_S, ApiError, responses
@@ -49,6 +50,7 @@ def send(saved: todos.Saved, response: Response) -> TodoPublic:
     response.headers["ETag"] = etag(saved.version)
     if saved.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+        metrics.REPLAYS.inc()
     return saved.todo
 
 
@@ -132,3 +134,14 @@ async def readyz(request: Request) -> dict[str, str]:
             headers={"Retry-After": RETRY_AFTER_S},
         )
     return {"status": "ready"}
+
+
+@ops.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+)
+def prometheus_metrics() -> Response:
+    """Prometheus metrics, of every worker process. A plain `def`: FastAPI runs it in a
+    thread, so reading the workers' files never holds up the event loop."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.logs import LogFormat
 from db.connection import PreparedStatements
 
 # Asymmetric only: a JWKS publishes public keys, and an HMAC "key" from it would be public.
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     db_prepared_statements: PreparedStatements = "auto"
     # On SIGTERM, how long in-flight requests may take to finish.
     shutdown_timeout_s: int = 30
+    # Log lines on stdout: one JSON object each, or readable text for local work.
+    log_format: LogFormat = "json"
 
     # Identity: exactly one of a JWKS URL, an HS256 secret, or a trusted gateway's header.
     # See docs/api.md, "Identity".
