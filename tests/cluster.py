@@ -209,18 +209,19 @@ def todo_api(
 
 
 class Server:
-    """`todo-api serve` as a subprocess on a free port, with `env` added to this process's
-    environment; its output goes to a file in `workdir`, which is also its cwd (so no
-    project .env is read). It trusts the test identity provider (ISSUER.env()) unless `env`
-    says otherwise (an empty variable counts as unset)."""
+    """`todo-api serve` as a subprocess on a free port, with `args` added to its command line
+    (e.g. "--workers", "4") and `env` added to this process's environment; its output goes to
+    a file in `workdir`, which is also its cwd (so no project .env is read). It trusts the
+    test identity provider (ISSUER.env()) unless `env` says otherwise (an empty variable
+    counts as unset)."""
 
-    def __init__(self, database_url: str, workdir: Path, **env: str):
+    def __init__(self, database_url: str, workdir: Path, *args: str, **env: str):
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.log = workdir / "serve.log"
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
-                [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                [TODO_API, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
                 env={**os.environ, **ISSUER.env(), "NEON_DATABASE_URL": database_url, **env},
                 cwd=workdir,
                 stdout=log,
