@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from uuid import UUID
 
@@ -165,8 +166,10 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
     # then, so exit 0 rather than die by the signal.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: sys.exit(0))
-    with tempfile.TemporaryDirectory(prefix="todo-metrics-") as metrics_dir:
-        if workers > 1:  # each worker writes its metrics there; /metrics sums them
+    # Several workers each write their metrics to files in one folder; /metrics sums them.
+    shared = tempfile.TemporaryDirectory(prefix="todo-metrics-") if workers > 1 else nullcontext()
+    with shared as metrics_dir:
+        if metrics_dir:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run(
             "api.main:create_app",
