@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from opentelemetry import propagate, trace
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, logs, metrics
@@ -16,9 +17,11 @@ from db.transaction import Transaction
 access = logging.getLogger("todo.access")
 
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# Metric labels take these methods as they are and any other as OTHER: a client chooses it.
+# Labels and span names take these methods as they are and any other, which a client may
+# make up, as _OTHER (OpenTelemetry's convention).
 METHODS = frozenset(errors.HTTP_METHODS)
 UNMATCHED = "unmatched"  # the route of a path that no route matches: never the path itself
+NO_ANSWER = 499  # the status logged and counted when no answer was sent, as nginx does
 
 # For the OpenAPI document: the request header every operation takes, and the response
 # headers every answer carries. Not a pattern: a request id we do not keep is replaced.
@@ -93,7 +96,7 @@ class Observe:
             return await self._observe(scope, receive, send)
         headers = {key.decode("latin-1"): val.decode("latin-1") for key, val in scope["headers"]}
         with self.tracer.start_as_current_span(
-            scope["method"],
+            _known(scope["method"]),
             context=propagate.extract(headers),  # the caller's traceparent, if any
             kind=trace.SpanKind.SERVER,
         ):
@@ -117,36 +120,42 @@ class Observe:
 
         try:
             await self.app(scope, receive, send_observed)
+        except ClientDisconnect:
+            pass  # the client left while its body was read: there is no one to answer
         except Exception as error:  # what no exception handler answered
             answer = errors.unexpected(error)
             if not exchange.status:
                 await answer(scope, receive, send_observed)
-        finally:
+        finally:  # also when cancelled: uvicorn cancels what outlasts SHUTDOWN_TIMEOUT_S
             _record(exchange, scope)
             logs.REQUEST_ID.reset(request_id)
 
 
+def _known(method: str) -> str:
+    return method if method in METHODS else "_OTHER"
+
+
 def _record(exchange: Exchange, scope: Scope) -> None:
     duration_s = time.perf_counter() - exchange.started
-    method = scope["method"]
+    method = _known(scope["method"])
     route = getattr(scope.get("route"), "path", UNMATCHED)
-    labelled = method if method in METHODS else "OTHER"
-    metrics.REQUESTS.labels(labelled, route, str(exchange.status)).inc()
-    metrics.LATENCY.labels(labelled, route).observe(duration_s)
+    status = exchange.status or NO_ANSWER
+    metrics.REQUESTS.labels(method, route, str(status)).inc()
+    metrics.LATENCY.labels(method, route).observe(duration_s)
     span = trace.get_current_span()
     if span.is_recording():
-        _describe(span, method, route, exchange.status)
+        _describe(span, method, route, status)
     context = span.get_span_context()
     access.info(
         "%s %s %s",
         method,
         route,
-        exchange.status,
+        status,
         extra={
             "fields": {
                 "method": method,
                 "route": route,
-                "status": exchange.status,
+                "status": status,
                 "duration_ms": round(duration_s * 1000, 3),
                 "auth_ms": round(exchange.auth_s * 1000, 3),
                 "db_ms": round(exchange.db_s * 1000, 3),

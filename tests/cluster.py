@@ -173,6 +173,20 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
         process.wait()
 
 
+@contextmanager
+def serving(database_url: str, workdir: Path, *args: str, **env: str) -> Iterator["Server"]:
+    """A ready `todo-api serve` (see Server), stopped with SIGTERM (then SIGKILL): a graceful
+    stop flushes the spans not yet exported and removes the folder serve made for its
+    workers' metrics."""
+    server = Server(database_url, workdir, *args, **env)
+    try:
+        wait_until(server.ready, "the server to be ready")
+        yield server
+    finally:
+        stop_process(server.process, timeout=30)
+        server.stop()
+
+
 # Every identity setting: `todo_api` runs without the ones this process may have.
 AUTH_VARS = (
     "AUTH_JWKS_URL",

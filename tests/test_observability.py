@@ -168,14 +168,18 @@ def assert_generated_id(response: httpx.Response, sent: str | None = None) -> st
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def parse(text: str) -> Scrape:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def scrape(client: TestClient) -> Scrape:
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return parse(response.text)
 
 
 def value(scraped: Scrape, name: str, **labels: str) -> float:
@@ -424,14 +428,51 @@ def test_an_unknown_path_is_counted_as_unmatched(obs) -> None:
     assert not any(path.rsplit("/", 1)[1] in label for label in label_values(after))
 
 
-def test_a_method_of_the_clients_own_is_counted_as_other(obs) -> None:
+def test_a_method_of_the_clients_own_is_counted_as_other(obs, log) -> None:
     before = scrape(obs)
     response = obs.request("FOO", TODOS)
     assert_problem(response, 405, "METHOD_NOT_ALLOWED")
     after = scrape(obs)
     requests = "todo_http_requests_total"
-    assert delta(before, after, requests, method="OTHER", route=TODOS, status="405") == 1
+    assert delta(before, after, requests, method="_OTHER", route=TODOS, status="405") == 1
     assert "FOO" not in label_values(after)
+    assert the_access_line(log, response.headers["x-request-id"])["method"] == "_OTHER"
+
+
+def test_a_client_that_leaves_while_sending_its_body_is_logged_as_499_not_500(obs, log) -> None:
+    """Nobody is left to answer: no 500, no error logged, and the line says 499 (nginx's
+    "client closed request")."""
+    request_id = new_id()
+    before = scrape(obs)
+    path = f"{TODOS}/{uuid.uuid4()}"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "DELETE",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    obs.portal.call(obs.app, scope, receive, send)
+    assert sent == []
+    assert the_access_line(log, request_id)["status"] == 499
+    assert [line for line in lines(log) if line["level"] == "ERROR"] == []
+    labels = {"method": "DELETE", "route": TODO_ROUTE, "status": "499"}
+    assert delta(before, scrape(obs), "todo_http_requests_total", **labels) == 1
 
 
 def test_no_user_id_appears_in_any_metric(obs, header_client) -> None:
@@ -607,10 +648,6 @@ def test_with_several_processes_metrics_are_summed_and_a_stopped_ones_gauges_lea
     # A worker that stops cleanly takes its gauges out of the sums; its counts stay.
     run_python(f"{worker}; metrics.forget_this_worker()", tmp_path)
     text = run_python("from api import metrics; print(metrics.exposition().decode())", tmp_path)
-    scraped = {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+    scraped = parse(text)
     assert scraped[("todo_idempotent_replays_total", frozenset())] == 3
     assert scraped[("todo_db_pool_connections", frozenset())] == 6

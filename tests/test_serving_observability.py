@@ -9,38 +9,23 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from cluster import Server, free_port, stop_process, todo_api, wait_until
+from cluster import Server, free_port, serving, stop_process, todo_api, wait_until
 from conftest import id_of, new_user, with_url
 from issuer import ISSUER
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
+from test_observability import ACCESS_KEYS
 
 TODOS = "/api/v1/todos"
 ONE_TODO = "/api/v1/todos/{todo_id}"
 # Our servers do not trace, whatever this process's environment says.
 NO_TRACING = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ""}
-ACCESS_KEYS = {
-    "time",
-    "level",
-    "logger",
-    "message",
-    "request_id",
-    "method",
-    "route",
-    "status",
-    "duration_ms",
-    "auth_ms",
-    "db_ms",
-    "user_id",
-    "trace_id",
-}
 # uvicorn's access line: 127.0.0.1:54321 - "GET /api/v1/todos HTTP/1.1" 200 (its quotes
 # escaped as \" when it is the message of one of our JSON lines)
 UVICORN_ACCESS = re.compile(r'\\?"[A-Z]+ \S+ HTTP/\d(\.\d)?\\?" \d{3}')
@@ -56,19 +41,6 @@ def url_and_password(database_url: str) -> tuple[str, str]:
     """The run's database with a password in its URL: trust auth ignores a planted one."""
     password = make_url(database_url).password or planted()
     return with_url(database_url, password=password), password
-
-
-@contextmanager
-def serving(url: str, workdir: Path, *args: str, **env: str) -> Iterator[Server]:
-    """A ready `todo-api serve`, stopped with SIGTERM (then SIGKILL): a graceful stop also
-    removes the temporary directory that serve makes for the metrics of its workers."""
-    server = Server(url, workdir, *args, **env)
-    try:
-        wait_until(server.ready, "the server to be ready")
-        yield server
-    finally:
-        stop_process(server.process, timeout=30)
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import otlp_sink
 import pytest
-from cluster import Server, free_port, stop_process, wait_until
+from cluster import Server, free_port, serving, stop_process, wait_until
 from conftest import app_settings, id_of, new_user, with_url
 from fastapi.testclient import TestClient
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -27,8 +27,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from test_observability import captured
 
-from api import logs, tracing
+from api import tracing
 from api.main import create_app
 
 TODOS = "/api/v1/todos"
@@ -65,19 +66,6 @@ def client(traced: tuple[TestClient, InMemorySpanExporter]) -> TestClient:
 def exporter(traced: tuple[TestClient, InMemorySpanExporter]) -> InMemorySpanExporter:
     traced[1].clear()
     return traced[1]
-
-
-@contextmanager
-def captured_log() -> Iterator[io.StringIO]:
-    """Our log lines, into a buffer (after create_app, which configures logging itself)."""
-    buffer = io.StringIO()
-    logs.configure("json", buffer)
-    try:
-        yield buffer
-    finally:
-        for handler in logs.logging.getLogger().handlers[:]:
-            if getattr(handler, "stream", None) is buffer:
-                logs.logging.getLogger().removeHandler(handler)
 
 
 def access_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
@@ -200,7 +188,7 @@ def test_without_traceparent_each_request_starts_a_new_trace(client, exporter) -
 
 def test_the_access_line_carries_the_server_spans_trace_id(client, exporter) -> None:
     trace_id, _, header = traceparent()
-    with captured_log() as buffer:
+    with captured() as buffer:
         client.get("/healthz")
         client.get(TODOS, headers={**new_user(), "traceparent": header})
 
@@ -279,6 +267,16 @@ def test_an_unknown_path_is_a_span_named_by_its_method_only(client, exporter) ->
     assert of_kind(exporter, SpanKind.CLIENT) == []
 
 
+def test_a_made_up_method_is_named_other_in_the_span(client, exporter) -> None:
+    """A client may send any method token: it must not become a span name of its own."""
+    assert client.request("FOO", TODOS).status_code == 405
+
+    server = the_server_span(exporter)
+    assert server.name == f"_OTHER {TODOS}"
+    assert server.attributes["http.request.method"] == "_OTHER"
+    assert "FOO" not in server.to_json()
+
+
 def test_without_a_provider_or_an_endpoint_there_is_no_tracer(database_url, monkeypatch) -> None:
     for name in ENDPOINTS:
         monkeypatch.delenv(name, raising=False)
@@ -288,7 +286,7 @@ def test_without_a_provider_or_an_endpoint_there_is_no_tracer(database_url, monk
 
     assert app.state.tracer is None
     user = new_user()
-    with TestClient(app) as client, captured_log() as buffer:
+    with TestClient(app) as client, captured() as buffer:
         todo = new_todo(client, user)
         assert client.get(f"{TODOS}/{todo['id']}", headers=user).status_code == 200
     assert [line["trace_id"] for line in access_lines(buffer)] == [None, None]
@@ -315,18 +313,6 @@ def spans_named(sink: otlp_sink.Sink, name: str) -> list[Span]:
 
 def children_of(sink: otlp_sink.Sink, parent: Span) -> list[Span]:
     return [span for span in list(sink.spans) if span.parent_span_id == parent.span_id]
-
-
-@contextmanager
-def serving(url: str, workdir: Path, **env: str) -> Iterator[Server]:
-    """A ready `todo-api serve`, stopped with SIGTERM (then SIGKILL) at the end."""
-    server = Server(url, workdir, **env)
-    try:
-        wait_until(server.ready, "the server to be ready")
-        yield server
-    finally:
-        stop_process(server.process, timeout=30)
-        server.stop()
 
 
 def stop_gracefully(server: Server) -> None:
