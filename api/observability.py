@@ -5,7 +5,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from uuid import UUID
 
 from opentelemetry import propagate, trace
 from starlette.requests import ClientDisconnect
@@ -53,7 +52,7 @@ class Exchange:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     status: int = 0  # 0 until the answer starts
-    user_id: UUID | None = None
+    user_id: uuid.UUID | None = None
     auth_s: float = 0.0
     transaction: Transaction | None = None
 
