@@ -17,9 +17,10 @@ from issuer import ISSUER
 from sqlalchemy.engine import make_url
 from sqlalchemy_utils import create_database, drop_database
 
+from api import cli
 from api.cli import migrate
 from api.main import create_app
-from api.settings import Settings
+from api.settings import Settings, get_settings
 from db.connection import PROJECT_ROOT, normalize_url, sqlalchemy_url, start_embedded
 
 
@@ -63,6 +64,29 @@ def make_database(server_url: str) -> Iterator[Callable[..., str]]:
 def database_url(make_database: Callable[..., str]) -> str:
     """The run's migrated database, connected to as the superuser (or TEST_DATABASE_URL's role)."""
     return make_database()
+
+
+def run_cli(*argv: str) -> SystemExit:
+    """Run `todo-api <argv>` in this process; every command ends in SystemExit here."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    return exit_info.value
+
+
+@pytest.fixture
+def use_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Points the CLI at a database through NEON_DATABASE_URL (get_settings is cached),
+    trusting the test identity provider, as `serve` requires."""
+
+    def use(url: str) -> None:
+        monkeypatch.setenv("NEON_DATABASE_URL", url)
+        for name, value in ISSUER.env().items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    get_settings.cache_clear()
+    yield use
+    get_settings.cache_clear()
 
 
 # Bearer tokens from ISSUER, verified against its JWKS: the production mode.
@@ -145,3 +169,71 @@ def as_user(
     with conn.transaction(force_rollback=rollback):
         conn.execute(SWITCH, (user_id, str(timeout_ms)))
         yield conn
+
+
+# Roles the tests create: cluster-wide, so each is dropped (or restored) afterwards.
+
+
+@pytest.fixture(scope="module")
+def owner(database_url: str) -> Iterator[str]:
+    """A database owner like Neon's neondb_owner, but made with plain SQL: a login role with
+    CREATEROLE, no superuser, no BYPASSRLS."""
+    role = f"todo_owner_{uuid.uuid4().hex[:8]}"
+    password = make_url(database_url).password
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create = psycopg.sql.SQL("CREATE ROLE {} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS").format(
+            psycopg.sql.Identifier(role)
+        )
+        if password:  # make_database's URL for the owner keeps the superuser's password
+            create += psycopg.sql.SQL(" PASSWORD {}").format(psycopg.sql.Literal(password))
+        conn.execute(create)
+        # todo_app belongs to the cluster and was already created by the superuser migrating the
+        # run's database, so this owner did not create it and (since PostgreSQL 16) may not grant
+        # it to itself: the README's "runtime role is not the one that created todo_app" case.
+        conn.execute(psycopg.sql.SQL("GRANT todo_app TO {}").format(psycopg.sql.Identifier(role)))
+    yield role
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
+
+
+@pytest.fixture
+def todo_app_bypasses_rls(server_url: str) -> Iterator[None]:
+    """todo_app WITH BYPASSRLS: cluster-wide, so it is always restored."""
+    try:
+        execute(server_url, "ALTER ROLE todo_app BYPASSRLS")
+        yield
+    finally:
+        execute(server_url, "ALTER ROLE todo_app NOBYPASSRLS")
+
+
+@pytest.fixture
+def unswitchable_role(server_url: str) -> Iterator[str]:
+    """A login role that owns nothing and is not a member of todo_app."""
+    role = f"todo_test_login_{uuid.uuid4().hex[:8]}"
+    execute(server_url, f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS')
+    try:
+        yield role
+    finally:
+        execute(server_url, f'DROP ROLE "{role}"')
+
+
+@pytest.fixture
+def todo_app_in_another_role(server_url: str) -> Iterator[str]:
+    """A role todo_app is a member of: cluster-wide, so it is always dropped."""
+    role = f"todo_test_group_{uuid.uuid4().hex[:8]}"
+    execute(server_url, f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        execute(server_url, f'GRANT "{role}" TO todo_app')
+        yield role
+    finally:
+        execute(server_url, f'DROP ROLE "{role}"')
+
+
+def as_superuser(url: str, database_url: str) -> str:
+    """`url`'s database, logged in as the superuser of `database_url`."""
+    return with_url(url, username=make_url(database_url).username)
+
+
+def execute(url: str, sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)

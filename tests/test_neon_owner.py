@@ -6,45 +6,18 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import app_client, new_user, with_url
+from conftest import app_client, as_superuser, new_user
 from psycopg import sql
 from psycopg.errors import InsufficientPrivilege
-from sqlalchemy.engine import make_url
 
 from api.cli import migrate, print_checks
 
 TODOS = "/api/v1/todos"
 
 
-def as_superuser(url: str, database_url: str) -> str:
-    """`url`'s database, logged in as the superuser of `database_url`."""
-    return with_url(url, username=make_url(database_url).username)
-
-
 def count(conn: psycopg.Connection, table: str) -> int:
     query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
     return conn.execute(query).fetchone()[0]
-
-
-@pytest.fixture(scope="module")
-def owner(database_url: str) -> Iterator[str]:
-    """A plain-SQL login role with CREATEROLE, no superuser, no BYPASSRLS."""
-    role = f"todo_owner_{uuid.uuid4().hex[:8]}"
-    password = make_url(database_url).password
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        create = sql.SQL("CREATE ROLE {} LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS").format(
-            sql.Identifier(role)
-        )
-        if password:  # make_database's URL for the owner keeps the superuser's password
-            create += sql.SQL(" PASSWORD {}").format(sql.Literal(password))
-        conn.execute(create)
-        # todo_app belongs to the cluster and was already created by the superuser migrating the
-        # run's database, so this owner did not create it and (since PostgreSQL 16) may not grant
-        # it to itself: the README's "runtime role is not the one that created todo_app" case.
-        conn.execute(sql.SQL("GRANT todo_app TO {}").format(sql.Identifier(role)))
-    yield role
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,13 @@ refuse an unsafe database."""
 
 import os
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 from cluster import TODO_API
-from conftest import app_client, with_url
-from issuer import ISSUER
+from conftest import app_client, execute, run_cli, with_url
 from sqlalchemy.engine import make_url
 
 from api import cli
-from api.settings import get_settings
 from db import safety
 from db.safety import POLICIES_SQL, expected_policies
 
@@ -73,18 +68,6 @@ UNSAFE_ROLE_STATES = [
 ]
 
 
-def execute(url: str, sql: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql)
-
-
-def run_cli(*argv: str) -> SystemExit:
-    """Run `todo-api <argv>` in this process; every command ends in SystemExit here."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(argv))
-    return exit_info.value
-
-
 def failed_line(stdout: str, check_name: str) -> str:
     """The FAIL line naming `check_name`; asserts that a `fix:` line follows it."""
     lines = stdout.splitlines()
@@ -96,48 +79,11 @@ def failed_line(stdout: str, check_name: str) -> str:
 
 
 @pytest.fixture
-def use_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
-    """Points the CLI at a database through NEON_DATABASE_URL (get_settings is cached),
-    trusting the test identity provider, as `serve` requires."""
-
-    def use(url: str) -> None:
-        monkeypatch.setenv("NEON_DATABASE_URL", url)
-        for name, value in ISSUER.env().items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    get_settings.cache_clear()
-    yield use
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def no_uvicorn(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Replaces the server start (it would block); records each call instead."""
     calls: list[tuple] = []
     monkeypatch.setattr(cli, "serve_api", lambda *args: calls.append(args))
     return calls
-
-
-@pytest.fixture
-def todo_app_bypasses_rls(server_url: str) -> Iterator[None]:
-    """todo_app WITH BYPASSRLS: cluster-wide, so it is always restored."""
-    try:
-        execute(server_url, "ALTER ROLE todo_app BYPASSRLS")
-        yield
-    finally:
-        execute(server_url, "ALTER ROLE todo_app NOBYPASSRLS")
-
-
-@pytest.fixture
-def unswitchable_role(server_url: str) -> Iterator[str]:
-    """A login role that owns nothing and is not a member of todo_app."""
-    role = f"todo_test_login_{uuid.uuid4().hex[:8]}"
-    execute(server_url, f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS')
-    try:
-        yield role
-    finally:
-        execute(server_url, f'DROP ROLE "{role}"')
 
 
 def assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys) -> str:
@@ -172,18 +118,6 @@ def test_todo_app_with_more_than_policies_sql_grants_is_refused(
     execute(url, unsafe_sql.format(database=make_url(url).database))
     fix = assert_check_and_serve_refuse(url, check_name, use_database, no_uvicorn, capsys)
     assert fix_says in fix
-
-
-@pytest.fixture
-def todo_app_in_another_role(server_url: str) -> Iterator[str]:
-    """A role todo_app is a member of: cluster-wide, so it is always dropped."""
-    role = f"todo_test_group_{uuid.uuid4().hex[:8]}"
-    execute(server_url, f'CREATE ROLE "{role}" NOLOGIN')
-    try:
-        execute(server_url, f'GRANT "{role}" TO todo_app')
-        yield role
-    finally:
-        execute(server_url, f'DROP ROLE "{role}"')
 
 
 def test_todo_app_member_of_another_role_is_refused(
