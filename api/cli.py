@@ -5,13 +5,11 @@ import asyncio
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from contextlib import nullcontext
-from pathlib import Path
 from uuid import UUID
 
 import psycopg
@@ -21,7 +19,8 @@ from api import identity, logs
 from api.main import pool_for
 from api.settings import Settings, get_settings
 from db import safety
-from db.connection import EMBEDDED_DATA, PROJECT_ROOT, resolve_url, sqlalchemy_url
+from db.connection import EMBEDDED_DATA, PROJECT_ROOT, psql_path, resolve_url, sqlalchemy_url
+from db.probe import run_probe
 from db.transaction import RUNTIME_ROLE
 
 log = logging.getLogger("todo.cli")
@@ -47,7 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
-    commands.add_parser("check", help="verify that the database enforces per-user isolation")
+    check = commands.add_parser(
+        "check", help="verify that the database enforces per-user isolation"
+    )
+    check.add_argument(
+        "--deep",
+        action="store_true",
+        help="then prove it by behaviour: the rolled-back RLS probe (db/rls_probe.sql), via psql",
+    )
     psql = commands.add_parser("psql", help=f"open psql as {RUNTIME_ROLE} with a user's context")
     who = psql.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=UUID, help="the user id (a UUID)")
@@ -78,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "migrate":
         migrate(url)
     elif args.command == "check":
-        sys.exit(0 if print_checks(url) else 1)
+        passed = print_checks(url)
+        if args.deep:
+            sys.stdout.flush()  # psql writes to the same stdout
+            passed = run_probe(url) and passed
+        sys.exit(0 if passed else 1)
     elif args.command == "serve":
         if not print_checks(url):
             sys.exit("todo-api: refusing to serve: this database does not enforce isolation.")
@@ -189,7 +199,7 @@ def serve_api(url: str, host: str, port: int, workers: int) -> None:
 
 def open_psql(url: str, user_id: UUID) -> int:
     """Interactive psql as todo_app for one user, as README "Inspecting with psql" shows."""
-    psql = shutil.which("psql") or _bundled_psql()
+    psql = psql_path()
     startup = (  # user_id is a parsed UUID, safe to place in SQL
         "\\set QUIET on\n"
         f"SET ROLE {RUNTIME_ROLE};\n"
@@ -202,9 +212,3 @@ def open_psql(url: str, user_id: UUID) -> int:
         rc.write(startup)
         rc.flush()
         return subprocess.call([psql, url], env={**os.environ, "PSQLRC": rc.name})
-
-
-def _bundled_psql() -> str:
-    import pgserver
-
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")

@@ -2,6 +2,7 @@
 
 import logging
 import select
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,15 @@ def start_embedded(data_dir: Path = EMBEDDED_DATA) -> str:
     url = pgserver.get_server(data_dir).get_uri()
     log.info("using the embedded PostgreSQL in %s (set NEON_DATABASE_URL to use another)", data_dir)
     return url
+
+
+def psql_path() -> str:
+    """psql from PATH, else the one that comes with the embedded PostgreSQL."""
+    if found := shutil.which("psql"):
+        return found
+    import pgserver
+
+    return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "psql")
 
 
 def resolve_url(neon_database_url: str | None) -> str:

@@ -1,0 +1,15 @@
+"""The RLS probe (rls_probe.sql): isolation proved by behaviour on the live database, in a
+transaction that always rolls back. `todo-api check --deep` runs it with psql, as people do."""
+
+import subprocess
+from pathlib import Path
+
+from db.connection import psql_path
+
+PROBE_SQL = Path(__file__).with_name("rls_probe.sql")
+
+
+def run_probe(url: str) -> bool:
+    """Print the probe's TAP lines to stdout; True when every check passed."""
+    command = [psql_path(), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-f", str(PROBE_SQL), url]
+    return subprocess.run(command, check=False).returncode == 0

@@ -1,0 +1,458 @@
+-- The RLS probe: proof, by behaviour, that this database keeps users apart.
+--
+--   psql "$NEON_DATABASE_URL" -v ON_ERROR_STOP=1 -f db/rls_probe.sql
+--   todo-api check --deep          (the static self-check, then this probe)
+--
+-- Two synthetic users with fresh random ids write through todo_app, each in their own
+-- context; then every cross-user read and write is attempted, and every table, view and
+-- function todo_app can reach is searched for the other user's rows.
+--
+-- Safe beside production traffic:
+-- - One transaction, always rolled back: no row, user or key is left behind, also when a
+--   check fails or the probe is cut off halfway (psql stops, and the server rolls back).
+-- - It writes only its own rows, so it locks only them (and takes the same weak table locks
+--   as any request); lock_timeout and statement_timeout keep it short.
+-- - Tables, views and functions are searched read-only, after the writes.
+--
+-- Output: TAP, one line per check, then a summary; psql exits 3 when a check fails.
+
+\set ON_ERROR_STOP on
+\set QUIET on
+\set SHOW_CONTEXT never
+\timing off
+\pset pager off
+\pset expanded off
+\pset format unaligned
+\pset tuples_only on
+
+BEGIN;
+SET LOCAL statement_timeout = '10s';
+SET LOCAL lock_timeout = '2s';
+SET LOCAL search_path = public, pg_temp;
+SET LOCAL application_name = 'todo-api rls probe';  -- what pg_stat_activity shows
+
+DO $probe$
+DECLARE
+    app constant text := 'todo_app';
+    user_a constant uuid := gen_random_uuid();
+    user_b constant uuid := gen_random_uuid();
+    -- The API's table privileges, as policies.sql grants them.
+    api_privileges constant text[] := ARRAY[
+        'DELETE idempotency_keys', 'DELETE todos', 'INSERT idempotency_keys', 'INSERT todos',
+        'INSERT users', 'SELECT idempotency_keys', 'SELECT todos', 'SELECT users',
+        'UPDATE todos'];
+    -- What todo_app sees of the three tables, up to 11 rows of each (a probe stays bounded).
+    visible_sql constant text := $q$
+        SELECT jsonb_build_object(
+            'users', (SELECT coalesce(jsonb_agg(x ORDER BY x), '[]')
+                      FROM (SELECT id::text AS x FROM users LIMIT 11) s),
+            'todos', (SELECT coalesce(jsonb_agg(x ORDER BY x), '[]')
+                      FROM (SELECT id::text AS x FROM todos LIMIT 11) s),
+            'idempotency_keys', (SELECT coalesce(jsonb_agg(x ORDER BY x), '[]')
+                                 FROM (SELECT key AS x FROM idempotency_keys LIMIT 11) s))
+    $q$;
+    nothing constant jsonb := '{"users": [], "todos": [], "idempotency_keys": []}';
+    checks jsonb := '[]';   -- {"name", "ok", "note", "skip", "warn"} for each check, in order
+    a_todos uuid[];
+    b_todos uuid[];
+    a_rows jsonb;           -- exactly what A owns, in visible_sql's shape
+    b_pattern text;         -- matches B's id, B's todo ids, B's key and B's titles
+    seen jsonb;
+    found text[];
+    done int;
+    total int;
+    note text;
+    u uuid;
+    table_name text;
+    role_name text;
+    superuser boolean;
+    bypass boolean;
+    leaked boolean;
+    line text;
+    this jsonb;
+    attempt record;
+    target record;
+BEGIN
+    <<checks_block>>
+    BEGIN
+        BEGIN
+            PERFORM set_config('role', app, true);
+            checks := checks || jsonb_build_object(
+                'name', format('the connecting role can switch to %s', app), 'ok', true);
+        EXCEPTION WHEN OTHERS THEN
+            checks := checks || jsonb_build_object(
+                'name', format('the connecting role can switch to %s', app), 'ok', false,
+                'note', SQLERRM, 'bail', format('every other check runs as %s', app));
+            EXIT checks_block;
+        END;
+
+        -- A and B each write a users row, two todos (one with no description) and a key.
+        FOREACH u IN ARRAY ARRAY[user_a, user_b] LOOP
+            BEGIN
+                PERFORM set_config('app.user_id', u::text, true);
+                INSERT INTO users (id) VALUES (u);
+                WITH written AS (
+                    INSERT INTO todos (user_id, title, description)
+                    VALUES (u, 'rls probe ' || u, 'rls probe ' || u), (u, 'rls probe ' || u, NULL)
+                    RETURNING id
+                )
+                SELECT array_agg(id ORDER BY id) INTO STRICT found FROM written;
+                INSERT INTO idempotency_keys (user_id, key, fingerprint, response)
+                VALUES (u, 'rls-probe-' || u, 'rls probe', jsonb_build_object('probe', u));
+                note := NULL;
+            EXCEPTION WHEN OTHERS THEN
+                note := SQLERRM;
+            END;
+            checks := checks || jsonb_build_object(
+                'name', format('%s writes its own users row, todos and idempotency key',
+                               CASE u WHEN user_a THEN 'A' ELSE 'B' END),
+                'ok', note IS NULL, 'note', note,
+                'bail', CASE WHEN note IS NOT NULL THEN 'the other checks need both users'' rows' END);
+            EXIT checks_block WHEN note IS NOT NULL;
+            IF u = user_a THEN a_todos := found; ELSE b_todos := found; END IF;
+        END LOOP;
+        a_rows := jsonb_build_object('users', jsonb_build_array(user_a), 'todos', to_jsonb(a_todos),
+                                     'idempotency_keys', jsonb_build_array('rls-probe-' || user_a));
+        b_pattern := user_b::text || '|' || array_to_string(b_todos, '|');
+
+        -- With no user set, todo_app sees nothing at all.
+        PERFORM set_config('app.user_id', '', true);
+        EXECUTE visible_sql INTO seen;
+        FOR table_name IN SELECT jsonb_object_keys(nothing) LOOP
+            checks := checks || jsonb_build_object(
+                'name', format('with no user set, %s sees no rows in %s', app, table_name),
+                'ok', seen -> table_name = '[]',
+                'note', format('it sees %s', seen -> table_name));
+        END LOOP;
+
+        -- A sees exactly its own rows.
+        PERFORM set_config('app.user_id', user_a::text, true);
+        EXECUTE visible_sql INTO seen;
+        FOR table_name IN SELECT jsonb_object_keys(nothing) LOOP
+            checks := checks || jsonb_build_object(
+                'name', format('A sees exactly its own rows in %s', table_name),
+                'ok', seen -> table_name = a_rows -> table_name,
+                'note', format('it sees %s; its own are %s', seen -> table_name, a_rows -> table_name));
+        END LOOP;
+
+        -- A cannot write B's rows, nor write rows for B. Each attempt must be refused or change
+        -- nothing; one that changes something is undone at once.
+        FOR attempt IN
+            SELECT * FROM (VALUES
+                ('A cannot create a todo for B',
+                 format('INSERT INTO todos (user_id, title) VALUES (%L, %L)', user_b, 'rls probe ' || user_b)),
+                ('A cannot create a users row for another user',
+                 format('INSERT INTO users (id) VALUES (%L)', gen_random_uuid())),
+                ('A cannot record an idempotency key for B',
+                 format('INSERT INTO idempotency_keys (user_id, key, fingerprint, response)'
+                        ' VALUES (%L, %L, %L, %L)', user_b, 'rls-probe-a-for-' || user_b, 'x', '{}')),
+                ('A cannot give its todo to B',
+                 format('UPDATE todos SET user_id = %L WHERE id = %L', user_b, a_todos[1])),
+                ('A cannot change B''s todos',
+                 format('UPDATE todos SET title = %L WHERE user_id = %L', 'changed by A', user_b)),
+                ('A cannot delete B''s todos',
+                 format('DELETE FROM todos WHERE user_id = %L', user_b)),
+                ('A cannot delete B''s idempotency keys',
+                 format('DELETE FROM idempotency_keys WHERE user_id = %L', user_b))
+            ) AS t(name, statement)
+        LOOP
+            BEGIN
+                EXECUTE attempt.statement;
+                GET DIAGNOSTICS done = ROW_COUNT;
+                IF done > 0 THEN
+                    RAISE SQLSTATE 'RP001' USING MESSAGE = format('it changed %s row(s)', done);
+                END IF;
+                note := NULL;
+            EXCEPTION
+                WHEN insufficient_privilege THEN note := NULL;  -- refused by RLS or by a grant
+                WHEN OTHERS THEN note := SQLERRM;
+            END;
+            checks := checks || jsonb_build_object(
+                'name', attempt.name, 'ok', note IS NULL, 'note', note);
+        END LOOP;
+
+        -- ...while it can change and delete its own (undone afterwards), so the refusals above
+        -- are the policies at work, not a broken table.
+        BEGIN
+            note := 'updating its todo';
+            UPDATE todos SET title = 'changed by A' WHERE id = a_todos[1];
+            GET DIAGNOSTICS done = ROW_COUNT;
+            IF done = 1 THEN
+                note := 'deleting its todo';
+                DELETE FROM todos WHERE id = a_todos[1];
+                GET DIAGNOSTICS done = ROW_COUNT;
+            END IF;
+            IF done = 1 THEN
+                note := 'deleting its idempotency key';
+                DELETE FROM idempotency_keys WHERE user_id = user_a;
+                GET DIAGNOSTICS done = ROW_COUNT;
+            END IF;
+            IF done = 1 THEN
+                note := NULL;
+            ELSE
+                note := note || format(' changed %s rows, not 1', done);
+            END IF;
+            RAISE SQLSTATE 'RP002';  -- undo
+        EXCEPTION
+            WHEN SQLSTATE 'RP002' THEN NULL;
+            WHEN OTHERS THEN note := note || ': ' || SQLERRM;
+        END;
+        checks := checks || jsonb_build_object(
+            'name', 'A can change and delete its own todo, and delete its own key',
+            'ok', note IS NULL, 'note', note);
+
+        -- Claims cannot widen access: policies bind to app.user_id, whatever the token says.
+        PERFORM set_config('request.jwt.claims',
+                           jsonb_build_object('sub', user_b, 'user_id', user_b, 'role', app)::text, true);
+        EXECUTE visible_sql INTO seen;
+        checks := checks || jsonb_build_object(
+            'name', 'claims naming B do not widen what A sees',
+            'ok', seen = a_rows, 'note', format('it sees %s', seen));
+        PERFORM set_config('app.user_id', '', true);
+        EXECUTE visible_sql INTO seen;
+        checks := checks || jsonb_build_object(
+            'name', 'claims naming B show nothing when no user is set',
+            'ok', seen = nothing, 'note', format('it sees %s', seen));
+        PERFORM set_config('request.jwt.claims', '{}', true);  -- as the service sets it
+
+        -- A pooled connection after its transaction ended: the context is reset.
+        PERFORM set_config('app.user_id', user_a::text, true);
+        RESET app.user_id;
+        EXECUTE visible_sql INTO seen;
+        checks := checks || jsonb_build_object(
+            'name', 'after A''s context is reset, the same session sees no rows',
+            'ok', seen = nothing, 'note', format('it sees %s', seen));
+
+        -- The service's sweep deletes expired keys with no user set. Running that DELETE would
+        -- lock other users' expired keys, so the planner shows the condition the policies put
+        -- on it instead: it must name the expiry (no condition at all would reach every key).
+        PERFORM set_config('app.user_id', '', true);
+        note := '';
+        FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) DELETE FROM idempotency_keys' LOOP
+            note := note || line || ' ';
+        END LOOP;
+        checks := checks || jsonb_build_object(
+            'name', 'with no user set, a DELETE reaches only expired idempotency keys',
+            'ok', position('created_at <= (now() - ''24:00:00''::interval)' IN note) > 0,
+            'note', 'its plan: ' || regexp_replace(note, '\s+', ' ', 'g'));
+
+        -- Without the switch to todo_app, the connecting role and the tables' owner see nothing
+        -- either: RLS is forced, and the policies name only todo_app (and its members, who with
+        -- no user set see nothing).
+        FOR role_name, superuser, bypass IN
+            SELECT r.rolname, r.rolsuper, r.rolbypassrls FROM pg_roles r
+            WHERE r.rolname = session_user
+               OR r.oid IN (SELECT relowner FROM pg_class
+                            WHERE oid IN ('users'::regclass, 'todos'::regclass,
+                                          'idempotency_keys'::regclass))
+            ORDER BY r.rolname
+        LOOP
+            this := jsonb_build_object(
+                'name', format('%s, without the switch to %s and with no user set, sees no rows',
+                               role_name, app),
+                'ok', true);
+            IF superuser THEN
+                this := this || jsonb_build_object(
+                    'skip', 'a superuser sees every row',
+                    'warn', format('%s is a superuser: never serve as one', role_name));
+            ELSIF bypass THEN
+                this := this || jsonb_build_object(
+                    'skip', 'it has BYPASSRLS (Neon''s Console roles do): only the switch restrains it');
+            ELSIF NOT pg_has_role(session_user, role_name, 'MEMBER') THEN
+                this := this || jsonb_build_object(
+                    'skip', format('%s cannot switch to it to look', session_user));
+            ELSE
+                BEGIN
+                    PERFORM set_config('role', role_name, true);
+                    EXECUTE visible_sql INTO seen;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    seen := nothing;  -- it may not read the tables at all
+                END;
+                PERFORM set_config('role', app, true);
+                this := this || jsonb_build_object(
+                    'ok', seen = nothing, 'note', format('it sees %s', seen));
+            END IF;
+            checks := checks || this;
+        END LOOP;
+
+        -- Everything todo_app can read or call, searched for B's rows while acting as A. Read
+        -- only from here on: a function called below cannot write.
+        PERFORM set_config('transaction_read_only', 'on', true);
+        found := '{}';
+        total := 0;
+        FOR target IN
+            SELECT c.oid::regclass::text AS name,
+                   format('SELECT EXISTS (SELECT FROM %s WHERE ROW(%s)::text ~ %L)',
+                          c.oid::regclass,
+                          string_agg(quote_ident(att.attname), ', ' ORDER BY att.attnum),
+                          b_pattern) AS query
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
+            WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname !~ '^pg_(toast|temp)'
+              AND has_column_privilege(app, c.oid, att.attnum, 'SELECT')
+            GROUP BY c.oid
+            ORDER BY 1
+        LOOP
+            total := total + 1;
+            BEGIN
+                EXECUTE target.query INTO leaked;
+            EXCEPTION WHEN OTHERS THEN
+                leaked := false;  -- a relation that cannot be read returns nothing
+            END;
+            IF leaked THEN
+                found := found || target.name;
+            END IF;
+        END LOOP;
+        checks := checks || jsonb_build_object(
+            'name', format('A finds none of B''s rows in any relation %s can read (%s searched)',
+                           app, total),
+            'ok', found = '{}', 'note', 'B''s rows are in ' || array_to_string(found, ', '));
+
+        found := '{}';
+        total := 0;
+        FOR target IN
+            SELECT p.oid::regprocedure::text AS name,
+                   format('SELECT EXISTS (SELECT FROM %I.%I() AS r WHERE r::text ~ %L)',
+                          n.nspname, p.proname, b_pattern) AS query
+            FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace
+            JOIN pg_type t ON t.oid = p.prorettype
+            WHERE p.prokind = 'f' AND p.pronargs = p.pronargdefaults
+              AND (t.typtype <> 'p' OR t.typname = 'record')
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname !~ '^pg_(toast|temp)'
+              AND has_function_privilege(app, p.oid, 'EXECUTE')
+              AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                              AND d.objid = p.oid AND d.deptype = 'e')
+            ORDER BY 1
+        LOOP
+            total := total + 1;
+            BEGIN
+                EXECUTE target.query INTO leaked;
+            EXCEPTION WHEN OTHERS THEN
+                leaked := false;  -- a call that fails returns nothing
+            END;
+            IF leaked THEN
+                found := found || target.name;
+            END IF;
+        END LOOP;
+        checks := checks || jsonb_build_object(
+            'name', format('A finds none of B''s rows in what any function %s can call without'
+                           ' arguments returns (%s called)', app, total),
+            'ok', found = '{}', 'note', 'B''s rows come from ' || array_to_string(found, ', '));
+
+        -- What todo_app could do that the searches above cannot exercise safely.
+        SELECT coalesce(array_agg(p.oid::regprocedure::text ORDER BY 1), '{}') INTO found
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE p.prosecdef
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname !~ '^pg_(toast|temp)'
+          AND has_function_privilege(app, p.oid, 'EXECUTE')
+          AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                          AND d.objid = p.oid AND d.deptype = 'e');
+        checks := checks || jsonb_build_object(
+            'name', format('%s can execute no SECURITY DEFINER function (one runs as its owner,'
+                           ' whom RLS may not restrain)', app),
+            'ok', found = '{}', 'note', 'it can execute ' || array_to_string(found, ', '));
+
+        -- TRUNCATE ignores RLS, and taking its lock would stop production: asked, not tried.
+        SELECT coalesce(array_agg(held ORDER BY held), '{}') INTO found
+        FROM (
+            SELECT format('%s %s', p.privilege, c.oid::regclass) AS held
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                    'REFERENCES', 'TRIGGER']) AS p(privilege)
+            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname !~ '^pg_(toast|temp)'
+              AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+              AND CASE WHEN p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                       THEN has_any_column_privilege(app, c.oid, p.privilege)
+                       ELSE has_table_privilege(app, c.oid, p.privilege) END
+        ) s;
+        checks := checks || jsonb_build_object(
+            'name', format('%s holds exactly the table privileges the API uses', app),
+            'ok', found = api_privileges,
+            'note', concat_ws('; ',
+                'beyond them it holds ' || nullif(array_to_string(
+                    ARRAY(SELECT unnest(found) EXCEPT SELECT unnest(api_privileges) ORDER BY 1),
+                    ', '), ''),
+                'it lacks ' || nullif(array_to_string(
+                    ARRAY(SELECT unnest(api_privileges) EXCEPT SELECT unnest(found) ORDER BY 1),
+                    ', '), '')));
+
+        SELECT coalesce(array_agg(place ORDER BY place), '{}') INTO found
+        FROM (
+            SELECT 'database ' || current_database() AS place
+            WHERE has_database_privilege(app, current_database(), 'CREATE')
+            UNION ALL
+            SELECT 'schema ' || nspname FROM pg_namespace
+            WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+              AND nspname !~ '^pg_(toast|temp)'
+              AND has_schema_privilege(app, oid, 'CREATE')
+        ) s;
+        checks := checks || jsonb_build_object(
+            'name', format('%s cannot create objects', app),
+            'ok', found = '{}', 'note', 'it can create in ' || array_to_string(found, ', '));
+
+        SELECT coalesce(array_agg(roleid::regrole::text ORDER BY 1), '{}') INTO found
+        FROM pg_auth_members WHERE member = app::regrole;
+        checks := checks || jsonb_build_object(
+            'name', format('%s is a member of no other role', app),
+            'ok', found = '{}', 'note', 'it is a member of ' || array_to_string(found, ', '));
+    EXCEPTION WHEN OTHERS THEN  -- whatever the database is like, the TAP lines are printed
+        checks := checks || jsonb_build_object(
+            'name', 'the probe runs to its end', 'ok', false, 'note', SQLERRM,
+            'bail', 'an unexpected error stopped it');
+    END checks_block;
+
+    -- TAP: the plan, one line per check with what a failed one found, and a summary.
+    total := jsonb_array_length(checks);
+    SELECT coalesce(array_agg(n ORDER BY n), '{}') INTO found
+    FROM jsonb_array_elements(checks) WITH ORDINALITY AS e(c, n)
+    WHERE NOT (c ->> 'ok')::boolean;
+    SELECT string_agg(tap, E'\n' ORDER BY n, part) INTO note
+    FROM (
+        SELECT 0 AS n, 0 AS part, '1..' || total AS tap
+        UNION ALL
+        SELECT n, 0, format('%s %s - %s%s',
+                            CASE WHEN (c ->> 'ok')::boolean THEN 'ok' ELSE 'not ok' END,
+                            n, c ->> 'name',
+                            CASE WHEN c ? 'skip' THEN ' # SKIP ' || (c ->> 'skip') ELSE '' END)
+        FROM jsonb_array_elements(checks) WITH ORDINALITY AS e(c, n)
+        UNION ALL
+        SELECT n, 1, '#   ' || (c ->> 'note')
+        FROM jsonb_array_elements(checks) WITH ORDINALITY AS e(c, n)
+        WHERE NOT (c ->> 'ok')::boolean AND c ->> 'note' IS NOT NULL
+        UNION ALL
+        SELECT n, 2, '# WARNING: ' || (c ->> 'warn')
+        FROM jsonb_array_elements(checks) WITH ORDINALITY AS e(c, n)
+        WHERE c ? 'warn'
+        UNION ALL
+        SELECT n, 3, 'Bail out! ' || (c ->> 'bail')
+        FROM jsonb_array_elements(checks) WITH ORDINALITY AS e(c, n)
+        WHERE c ->> 'bail' IS NOT NULL
+        UNION ALL
+        SELECT total + 1, 0, CASE WHEN found = '{}' THEN format('# all %s checks passed', total)
+                                  ELSE format('# FAILED %s of %s checks: %s', cardinality(found),
+                                              total, array_to_string(found, ', ')) END
+    ) lines;
+    PERFORM set_config('role', 'none', true);
+    PERFORM set_config('rls_probe.tap', note, true);
+    PERFORM set_config('rls_probe.failed', cardinality(found)::text, true);
+END
+$probe$;
+
+SELECT tap FROM unnest(string_to_array(current_setting('rls_probe.tap'), E'\n'))
+    WITH ORDINALITY AS t(tap, n) ORDER BY n;
+DO $$
+BEGIN
+    IF current_setting('rls_probe.failed') <> '0' THEN
+        RAISE EXCEPTION 'RLS probe: % check(s) failed', current_setting('rls_probe.failed');
+    END IF;
+END
+$$;
+ROLLBACK;

@@ -1,0 +1,275 @@
+"""The RLS probe (db/rls_probe.sql), run as the README says, with psql: on a migrated database
+every check passes and nothing is left behind; every way of breaking isolation makes it fail,
+naming what failed."""
+
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from conftest import as_superuser, as_user, execute, run_cli, with_url
+from sqlalchemy.engine import make_url
+from test_safety import UNSAFE_ROLE_STATES, UNSAFE_TABLE_STATES
+
+from api.cli import migrate
+from db.connection import psql_path
+from db.probe import PROBE_SQL
+
+TABLES = ("users", "todos", "idempotency_keys")
+TAP_LINE = re.compile(r"(ok|not ok) (\d+) - (.*)")
+
+
+def probe(url: str) -> subprocess.CompletedProcess[str]:
+    """`psql "$NEON_DATABASE_URL" -v ON_ERROR_STOP=1 -f db/rls_probe.sql`, as the README has it."""
+    command = [psql_path(), url, "-v", "ON_ERROR_STOP=1", "-f", str(PROBE_SQL)]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+
+
+def results(stdout: str) -> dict[str, bool]:
+    """Each check's name and whether it passed, asserting the TAP plan matches them."""
+    lines = stdout.splitlines()
+    plan = re.fullmatch(r"1\.\.(\d+)", lines[0])
+    assert plan, stdout
+    checks = [TAP_LINE.fullmatch(line) for line in lines]
+    found = {m[3]: m[1] == "ok" for m in checks if m}
+    assert [int(m[2]) for m in checks if m] == list(range(1, int(plan[1]) + 1)), stdout
+    return found
+
+
+def failed(stdout: str) -> list[str]:
+    return [name for name, ok in results(stdout).items() if not ok]
+
+
+def row_counts(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+@pytest.fixture(scope="module")
+def template(owner: str, make_database: Callable[..., str], database_url: str) -> Iterator[str]:
+    """A database owned and migrated by the non-superuser `owner`, as on Neon, to clone."""
+    url = make_database(migrated=False, owner=owner)
+    migrate(url)
+    yield make_url(url).database
+    # `owner` is dropped after this module: hand what it owns here to the superuser.
+    with psycopg.connect(as_superuser(url, database_url), autocommit=True) as conn:
+        conn.execute(f'REASSIGN OWNED BY "{owner}" TO CURRENT_USER')
+        conn.execute(f'DROP OWNED BY "{owner}"')
+
+
+@pytest.fixture
+def owned(template: str, owner: str, server_url: str) -> Iterator[str]:
+    """A fresh clone of `template`, logged in to as its owner; dropped afterwards."""
+    name = f"todo_test_{uuid.uuid4().hex[:12]}"
+    execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{owner}"')
+    try:
+        yield with_url(server_url, database=name, username=owner)
+    finally:
+        execute(server_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_every_check_passes_on_the_run_database_and_nothing_is_left_behind(database_url):
+    """Other users' rows are there: the probe sees none of them, and leaves the counts as they
+    were. It connects as a superuser here, which it warns about."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for user in (str(uuid.uuid4()), str(uuid.uuid4())):
+            with as_user(conn, user):
+                conn.execute("INSERT INTO users (id) VALUES (%s)", (user,))
+                conn.execute("INSERT INTO todos (user_id, title) VALUES (%s, 'theirs')", (user,))
+    before = row_counts(database_url)
+    result = probe(database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = results(result.stdout)
+    assert all(checks.values()), result.stdout
+    assert len(checks) >= 25
+    assert result.stdout.splitlines()[-1] == f"# all {len(checks)} checks passed"
+    user = make_url(database_url).username
+    assert f"# WARNING: {user} is a superuser: never serve as one" in result.stdout
+    assert result.stderr == ""
+    assert row_counts(database_url) == before
+
+
+def test_every_check_passes_for_a_neon_like_owner(owned, owner):
+    """As the tables' owner, neither superuser nor BYPASSRLS: nothing to skip or warn about."""
+    result = probe(owned)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = results(result.stdout)
+    assert all(checks.values())
+    assert UNFORCED.format(owner=owner) in checks
+    assert "SKIP" not in result.stdout
+    assert "WARNING" not in result.stdout
+
+
+# Each breakage the static self-check refuses (tests/test_safety.py), and the check of the
+# probe that fails because of it, by behaviour where the probe can try it safely.
+NO_ROWS = "with no user set, todo_app sees no rows in {}"
+WRITES_ITS_OWN = "A writes its own users row, todos and idempotency key"
+UNFORCED = "{owner}, without the switch to todo_app and with no user set, sees no rows"
+PRIVILEGES = "todo_app holds exactly the table privileges the API uses"
+CREATES = "todo_app cannot create objects"
+SWEEP = "with no user set, a DELETE reaches only expired idempotency keys"
+FAILS_FOR_STATIC = {
+    "ALTER TABLE users DISABLE ROW LEVEL SECURITY": NO_ROWS.format("users"),
+    "ALTER TABLE todos DISABLE ROW LEVEL SECURITY": NO_ROWS.format("todos"),
+    "ALTER TABLE idempotency_keys DISABLE ROW LEVEL SECURITY": NO_ROWS.format("idempotency_keys"),
+    "ALTER TABLE users NO FORCE ROW LEVEL SECURITY": UNFORCED,
+    "ALTER TABLE todos NO FORCE ROW LEVEL SECURITY": UNFORCED,
+    "ALTER TABLE idempotency_keys NO FORCE ROW LEVEL SECURITY": UNFORCED,
+    "ALTER POLICY todos_own_rows ON todos USING (true)": NO_ROWS.format("todos"),
+    "ALTER POLICY idempotency_keys_expired ON idempotency_keys USING (true)": SWEEP,
+    "CREATE POLICY everyone ON users USING (true)": NO_ROWS.format("users"),
+    "DROP POLICY users_own_row ON users": WRITES_ITS_OWN,
+    "DROP POLICY todos_own_rows ON todos": WRITES_ITS_OWN,
+    "DROP POLICY idempotency_keys_own_rows ON idempotency_keys": WRITES_ITS_OWN,
+    "DROP POLICY idempotency_keys_expired ON idempotency_keys": SWEEP,
+    "GRANT TRUNCATE ON todos TO todo_app": PRIVILEGES,
+    "GRANT REFERENCES ON users TO todo_app": PRIVILEGES,
+    "GRANT TRIGGER ON todos TO todo_app": PRIVILEGES,
+    "GRANT UPDATE (id) ON users TO todo_app": PRIVILEGES,
+    "GRANT SELECT ON alembic_version TO PUBLIC": PRIVILEGES,
+    "REVOKE DELETE ON todos FROM todo_app": "A can change and delete its own todo",
+    "GRANT UPDATE ON idempotency_keys TO todo_app": PRIVILEGES,
+    "GRANT CREATE ON SCHEMA public TO todo_app": CREATES,
+    "GRANT CREATE ON SCHEMA public TO PUBLIC": CREATES,
+    "GRANT CREATE ON DATABASE {database} TO todo_app": CREATES,
+    UNSAFE_ROLE_STATES[-2][0]: WRITES_ITS_OWN,  # current_app_user() is one user for everyone
+    "ALTER FUNCTION current_app_user() SECURITY DEFINER": "no SECURITY DEFINER function",
+}
+COPY_TRIGGER = """
+CREATE TABLE todo_copies (LIKE todos);
+GRANT SELECT, INSERT ON todo_copies TO todo_app;
+CREATE FUNCTION copy_todo() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO todo_copies SELECT NEW.*;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER copy_todo AFTER INSERT ON todos FOR EACH ROW EXECUTE FUNCTION copy_todo();
+"""
+# Made by the superuser, so it runs as one, past every policy.
+ALL_TODOS_FUNCTION = """
+CREATE FUNCTION all_todos() RETURNS SETOF todos LANGUAGE sql SECURITY DEFINER
+    AS 'SELECT * FROM todos';
+GRANT EXECUTE ON FUNCTION all_todos() TO todo_app;
+"""
+ALL_TODOS_VIEW = (
+    "CREATE VIEW all_todos AS SELECT * FROM todos; GRANT SELECT ON all_todos TO todo_app"
+)
+CLAIM_POLICY = """
+CREATE POLICY by_claim ON todos FOR SELECT TO todo_app
+    USING (user_id::text = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
+"""
+FOUND_IN = "A finds none of B's rows in any relation todo_app can read"
+RETURNED_BY = "A finds none of B's rows in what any function todo_app can call"
+# (breakage, a check that must fail, what its diagnostic line must name)
+FAILS_FOR_MORE = [
+    (COPY_TRIGGER, FOUND_IN, "B's rows are in todo_copies"),
+    (ALL_TODOS_FUNCTION, RETURNED_BY, "B's rows come from all_todos()"),
+    (ALL_TODOS_FUNCTION, "no SECURITY DEFINER function", "it can execute all_todos()"),
+    (ALL_TODOS_VIEW, FOUND_IN, "B's rows are in all_todos"),
+    (CLAIM_POLICY, "claims naming B do not widen what A sees", "it sees"),
+    ("ALTER POLICY todos_own_rows ON todos USING (true)", FOUND_IN, "B's rows are in todos"),
+]
+
+
+def assert_fails(result: subprocess.CompletedProcess[str], check: str, says: str = "") -> None:
+    """The probe exited non-zero, with a `not ok` line for `check` followed by a diagnostic
+    that contains `says`."""
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "ERROR:  RLS probe:" in result.stderr
+    lines = result.stdout.splitlines()
+    failing = [i for i, line in enumerate(lines) if line.startswith("not ok") and check in line]
+    assert failing, f"no failed check {check!r} in:\n{result.stdout}"
+    diagnostic = lines[failing[0] + 1]
+    assert diagnostic.startswith("#   ") and says in diagnostic, result.stdout
+    assert lines[-1].startswith("# FAILED"), result.stdout
+
+
+@pytest.mark.parametrize(
+    "breakage", [state[0] for state in UNSAFE_TABLE_STATES + UNSAFE_ROLE_STATES]
+)
+def test_every_breakage_the_static_check_refuses_fails_the_probe(
+    owned, owner, server_url, breakage
+):
+    database = make_url(owned).database
+    execute(as_superuser(owned, server_url), breakage.format(database=database))
+    assert_fails(probe(owned), FAILS_FOR_STATIC[breakage].format(owner=owner))
+
+
+@pytest.mark.parametrize(("breakage", "check", "says"), FAILS_FOR_MORE)
+def test_leaks_the_catalog_cannot_show_fail_the_probe(owned, server_url, breakage, check, says):
+    execute(as_superuser(owned, server_url), breakage)
+    assert_fails(probe(owned), check, says)
+
+
+def test_todo_app_with_bypassrls_fails_the_probe(owned, todo_app_bypasses_rls):
+    assert_fails(probe(owned), NO_ROWS.format("todos"), "it sees")
+
+
+def test_todo_app_in_another_role_fails_the_probe(owned, todo_app_in_another_role):
+    result = probe(owned)
+    assert_fails(result, "todo_app is a member of no other role", todo_app_in_another_role)
+
+
+def test_a_role_that_cannot_switch_fails_the_probe_and_bails_out(owned, unswitchable_role):
+    result = probe(with_url(owned, username=unswitchable_role))
+    assert_fails(result, "the connecting role can switch to todo_app", "permission denied")
+    assert "Bail out! every other check runs as todo_app" in result.stdout
+
+
+def test_an_unmigrated_database_fails_the_probe(make_database):
+    result = probe(make_database(migrated=False))
+    assert_fails(result, WRITES_ITS_OWN, 'relation "users" does not exist')
+    assert "Bail out!" in result.stdout
+
+
+def test_a_probe_cut_off_halfway_leaves_nothing_behind(owned, server_url):
+    """A table locked by someone else: the probe gives up after lock_timeout, having written
+    its users and todos, and rolls them back."""
+    admin = as_superuser(owned, server_url)
+    before = row_counts(admin)
+    with psycopg.connect(admin) as locker:
+        locker.execute("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
+        result = probe(owned)
+    assert_fails(result, WRITES_ITS_OWN, "lock timeout")
+    assert row_counts(admin) == before
+
+
+def test_a_failing_probe_leaves_nothing_behind(owned, server_url):
+    admin = as_superuser(owned, server_url)
+    execute(admin, "ALTER TABLE todos DISABLE ROW LEVEL SECURITY")
+    before = row_counts(admin)
+    assert probe(owned).returncode == 3
+    assert row_counts(admin) == before
+
+
+def test_the_probe_runs_beside_an_open_write(owned, server_url):
+    """A request's transaction holding its row and table locks does not stop the probe: the
+    probe takes no lock a write would hold against it."""
+    admin = as_superuser(owned, server_url)
+    user = str(uuid.uuid4())
+    with psycopg.connect(admin, autocommit=True) as writer, as_user(writer, user, rollback=True):
+        writer.execute("INSERT INTO users (id) VALUES (%s)", (user,))
+        writer.execute("INSERT INTO todos (user_id, title) VALUES (%s, 'held')", (user,))
+        result = probe(owned)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_deep_prints_the_static_checks_then_the_probe(owned, use_database, capfd):
+    use_database(owned)
+    assert run_cli("check", "--deep").code == 0
+    out = capfd.readouterr().out
+    static, tap = out.split("\n1..", 1)
+    assert static.splitlines() and all(line.startswith("ok  ") for line in static.splitlines())
+    assert all(results("1.." + tap).values())
+
+
+def test_check_deep_fails_on_a_leak_the_static_check_passes(owned, server_url, use_database, capfd):
+    execute(as_superuser(owned, server_url), ALL_TODOS_FUNCTION)
+    use_database(owned)
+    assert run_cli("check", "--deep").code == 1
+    out = capfd.readouterr().out
+    static, tap = out.split("\n1..", 1)
+    assert "FAIL" not in static  # the catalog looks as policies.sql writes it...
+    assert "#   B's rows come from all_todos()" in tap  # ...but the probe finds the leak
