@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="then prove it by behaviour: the rolled-back RLS probe (db/rls_probe.sql), via psql",
     )
+    check.add_argument(
+        "--claims",
+        default="{}",
+        metavar="JSON",
+        help="with --deep: the probe's users' token claims, for restrictive policies reading them",
+    )
     psql = commands.add_parser("psql", help=f"open psql as {RUNTIME_ROLE} with a user's context")
     who = psql.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", type=UUID, help="the user id (a UUID)")
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         passed = print_checks(url)
         if args.deep:
             sys.stdout.flush()  # psql writes to the same stdout
-            passed = run_probe(url) and passed
+            passed = run_probe(url, args.claims) and passed
         sys.exit(0 if passed else 1)
     elif args.command == "serve":
         if not print_checks(url):

@@ -15,6 +15,9 @@
 -- - Tables, views and functions are searched read-only, after the writes.
 --
 -- Output: TAP, one line per check, then a summary; psql exits 3 when a check fails.
+--
+-- When policies.sql has restrictive policies that read claims, give the synthetic users the
+-- claims they need: -v claims='{"emailVerified": true}' (todo-api check --deep --claims ...).
 
 \set ON_ERROR_STOP on
 \set QUIET on
@@ -24,12 +27,17 @@
 \pset expanded off
 \pset format unaligned
 \pset tuples_only on
+\if :{?claims}
+\else
+    \set claims '{}'
+\endif
 
 BEGIN;
 SET LOCAL statement_timeout = '10s';
 SET LOCAL lock_timeout = '2s';
 SET LOCAL search_path = public, pg_temp;
 SET LOCAL application_name = 'todo-api rls probe';  -- what pg_stat_activity shows
+SET LOCAL rls_probe.claims = :'claims';
 
 DO $probe$
 DECLARE
@@ -52,6 +60,7 @@ DECLARE
                                  FROM (SELECT key AS x FROM idempotency_keys LIMIT 11) s))
     $q$;
     nothing constant jsonb := '{"users": [], "todos": [], "idempotency_keys": []}';
+    claims constant jsonb := current_setting('rls_probe.claims')::jsonb;  -- the users' own
     checks jsonb := '[]';   -- {"name", "ok", "note", "skip", "warn"} for each check, in order
     a_todos uuid[];
     b_todos uuid[];
@@ -77,6 +86,7 @@ BEGIN
     BEGIN
         BEGIN
             PERFORM set_config('role', app, true);
+            PERFORM set_config('request.jwt.claims', claims::text, true);
             checks := checks || jsonb_build_object(
                 'name', format('the connecting role can switch to %s', app), 'ok', true);
         EXCEPTION WHEN OTHERS THEN
@@ -202,8 +212,10 @@ BEGIN
             'ok', note IS NULL, 'note', note);
 
         -- Claims cannot widen access: policies bind to app.user_id, whatever the token says.
-        PERFORM set_config('request.jwt.claims',
-                           jsonb_build_object('sub', user_b, 'user_id', user_b, 'role', app)::text, true);
+        PERFORM set_config(
+            'request.jwt.claims',
+            (claims || jsonb_build_object('sub', user_b, 'user_id', user_b, 'role', app))::text,
+            true);
         EXECUTE visible_sql INTO seen;
         checks := checks || jsonb_build_object(
             'name', 'claims naming B do not widen what A sees',
@@ -213,7 +225,7 @@ BEGIN
         checks := checks || jsonb_build_object(
             'name', 'claims naming B show nothing when no user is set',
             'ok', seen = nothing, 'note', format('it sees %s', seen));
-        PERFORM set_config('request.jwt.claims', '{}', true);  -- as the service sets it
+        PERFORM set_config('request.jwt.claims', claims::text, true);
 
         -- A pooled connection after its transaction ended: the context is reset.
         PERFORM set_config('app.user_id', user_a::text, true);

@@ -11,19 +11,22 @@ import psycopg
 import pytest
 from conftest import as_superuser, as_user, execute, run_cli, with_url
 from sqlalchemy.engine import make_url
+from test_safety import CLAIM_POLICY as VERIFIED_EMAIL_POLICY
 from test_safety import UNSAFE_ROLE_STATES, UNSAFE_TABLE_STATES
 
 from api.cli import migrate
+from db import safety
 from db.connection import psql_path
 from db.probe import PROBE_SQL
+from db.safety import POLICIES_SQL
 
 TABLES = ("users", "todos", "idempotency_keys")
 TAP_LINE = re.compile(r"(ok|not ok) (\d+) - (.*)")
 
 
-def probe(url: str) -> subprocess.CompletedProcess[str]:
+def probe(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     """`psql "$NEON_DATABASE_URL" -v ON_ERROR_STOP=1 -f db/rls_probe.sql`, as the README has it."""
-    command = [psql_path(), url, "-v", "ON_ERROR_STOP=1", "-f", str(PROBE_SQL)]
+    command = [psql_path(), url, "-v", "ON_ERROR_STOP=1", *options, "-f", str(PROBE_SQL)]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
 
 
@@ -273,3 +276,22 @@ def test_check_deep_fails_on_a_leak_the_static_check_passes(owned, server_url, u
     static, tap = out.split("\n1..", 1)
     assert "FAIL" not in static  # the catalog looks as policies.sql writes it...
     assert "#   B's rows come from all_todos()" in tap  # ...but the probe finds the leak
+
+
+def test_restrictive_claim_policies_pass_with_the_claims_they_need(owned, server_url):
+    """docs/api.md's verified-email policy narrows every user to verified ones: the probe's
+    users need the claim to write at all, and with it every check passes."""
+    execute(as_superuser(owned, server_url), VERIFIED_EMAIL_POLICY)
+    assert_fails(probe(owned), WRITES_ITS_OWN, "row-level security")
+    result = probe(owned, "-v", 'claims={"emailVerified": true}')
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_check_deep_passes_the_claims_on(owned, server_url, use_database, monkeypatch, capfd):
+    monkeypatch.setattr(
+        safety, "_policies", lambda: POLICIES_SQL.read_text() + VERIFIED_EMAIL_POLICY
+    )
+    execute(as_superuser(owned, server_url), VERIFIED_EMAIL_POLICY)
+    use_database(owned)
+    assert run_cli("check", "--deep", "--claims", '{"emailVerified": true}').code == 0
+    assert "# all " in capfd.readouterr().out
