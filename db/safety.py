@@ -78,7 +78,8 @@ OTHER_POLICIES = {
 ROLE = "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s"
 # Every table-level privilege the runtime role holds on any relation outside the system
 # schemas, whether granted to it, to PUBLIC, or to a role it belongs to; a privilege on
-# some columns counts too.
+# some columns counts too. An extension's own relations are its business: pg_stat_statements
+# grants its views to PUBLIC.
 PRIVILEGES = """
 SELECT c.relname, p.privilege
 FROM pg_class c
@@ -87,6 +88,8 @@ CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REF
                         'TRIGGER']) AS p(privilege)
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+  AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
   AND CASE WHEN p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
            THEN has_any_column_privilege(%(role)s, c.oid, p.privilege)
            ELSE has_table_privilege(%(role)s, c.oid, p.privilege) END
@@ -111,6 +114,8 @@ WHERE p.oid = to_regprocedure('public.current_app_user()')
 async def run_checks(conn: AsyncConnection) -> list[Check]:
     """Every check, in order; stops early where later checks would only repeat the cause."""
     async with conn.transaction():
+        # Policies are compared as PostgreSQL prints them, intervals included.
+        await conn.execute("SET LOCAL IntervalStyle = 'postgres'", prepare=False)
         facts = await _rows(conn, FACTS, (TABLES,))
         tables = {name: (rls, forced) for name, rls, forced in facts}
         policies = {(row[0], row[1]): row[2:] for row in await _rows(conn, POLICIES, (TABLES,))}

@@ -157,6 +157,23 @@ def test_unmigrated_database_is_refused(make_database, use_database, no_uvicorn,
     assert "todo-api migrate" in fix
 
 
+# A relation of an extension, granted to PUBLIC as pg_stat_statements grants its views
+# (plpgsql is the extension every database has), and intervals printed in ISO 8601.
+HARMLESS_STATE = """
+CREATE TABLE extension_stats (query text);
+GRANT SELECT ON extension_stats TO PUBLIC;
+ALTER EXTENSION plpgsql ADD TABLE extension_stats;
+ALTER DATABASE "{database}" SET IntervalStyle = iso_8601;
+"""
+
+
+def test_an_extensions_relations_and_another_interval_style_pass(make_database, use_database):
+    url = make_database()
+    execute(url, HARMLESS_STATE.format(database=make_url(url).database))
+    use_database(url)
+    assert run_cli("check").code == 0
+
+
 def test_healthy_database_passes_every_check(database_url, use_database, capsys):
     use_database(database_url)
     assert run_cli("check").code == 0
