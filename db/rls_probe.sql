@@ -4,15 +4,18 @@
 --   todo-api check --deep          (the static self-check, then this probe)
 --
 -- Two synthetic users with fresh random ids write through todo_app, each in their own
--- context; then every cross-user read and write is attempted, and every table, view and
--- function todo_app can reach is searched for the other user's rows.
+-- context; then every cross-user read and write is attempted, every table and view todo_app
+-- can read is searched for the other user's rows, and what could run as another role for
+-- todo_app (SECURITY DEFINER functions, triggers, rules, extra policies) is looked up.
 --
 -- Safe beside production traffic:
 -- - One transaction, always rolled back: no row, user or key is left behind, also when a
 --   check fails or the probe is cut off halfway (psql stops, and the server rolls back).
 -- - It writes only its own rows, so it locks only them (and takes the same weak table locks
---   as any request); lock_timeout and statement_timeout keep it short.
--- - Tables, views and functions are searched read-only, after the writes.
+--   as any request); lock_timeout, statement_timeout and idle_in_transaction_session_timeout
+--   keep it short.
+-- - It runs no one else's code: functions, and the privileges TRUNCATE would use, are looked
+--   up, never called or tried.
 --
 -- Output: TAP, one line per check, then a summary; psql exits 3 when a check fails.
 --
@@ -35,6 +38,8 @@
 BEGIN;
 SET LOCAL statement_timeout = '10s';
 SET LOCAL lock_timeout = '2s';
+SET LOCAL idle_in_transaction_session_timeout = '5s';
+SET LOCAL IntervalStyle = 'postgres';  -- the sweep check reads an interval from a plan
 SET LOCAL search_path = public, pg_temp;
 SET LOCAL application_name = 'todo-api rls probe';  -- what pg_stat_activity shows
 SET LOCAL rls_probe.claims = :'claims';
@@ -44,11 +49,21 @@ DECLARE
     app constant text := 'todo_app';
     user_a constant uuid := gen_random_uuid();
     user_b constant uuid := gen_random_uuid();
-    -- The API's table privileges, as policies.sql grants them.
+    tables regclass[];  -- users, todos, idempotency_keys, once they are known to exist
+    -- The API's table privileges and permissive policies, as policies.sql writes them.
     api_privileges constant text[] := ARRAY[
         'DELETE idempotency_keys', 'DELETE todos', 'INSERT idempotency_keys', 'INSERT todos',
         'INSERT users', 'SELECT idempotency_keys', 'SELECT todos', 'SELECT users',
         'UPDATE todos'];
+    api_policies constant text[] := ARRAY[
+        'idempotency_keys_expired on idempotency_keys (DELETE)',
+        'idempotency_keys_own_rows on idempotency_keys (ALL)',
+        'todos_own_rows on todos (ALL)', 'users_own_row on users (ALL)'];
+    -- Every table privilege there is; MAINTAIN (PostgreSQL 17) may lock a table.
+    privileges constant text[] := ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                        'REFERENCES', 'TRIGGER']
+        || CASE WHEN current_setting('server_version_num')::int >= 170000
+                THEN ARRAY['MAINTAIN'] ELSE '{}' END;
     -- What todo_app sees of the three tables, up to 11 rows of each (a probe stays bounded).
     visible_sql constant text := $q$
         SELECT jsonb_build_object(
@@ -60,12 +75,18 @@ DECLARE
                                  FROM (SELECT key AS x FROM idempotency_keys LIMIT 11) s))
     $q$;
     nothing constant jsonb := '{"users": [], "todos": [], "idempotency_keys": []}';
+    -- A note on what visible_sql saw: how many rows of each table, never the rows.
+    counted constant text := $q$
+        SELECT 'it sees ' || coalesce(string_agg(format('%s in %s',
+                   CASE WHEN jsonb_array_length(value) > 10 THEN 'over 10 rows'
+                        ELSE jsonb_array_length(value) || ' row(s)' END, key), ', '), 'nothing')
+        FROM jsonb_each($1) WHERE jsonb_array_length(value) > 0
+    $q$;
     claims constant jsonb := current_setting('rls_probe.claims')::jsonb;  -- the users' own
-    checks jsonb := '[]';   -- {"name", "ok", "note", "skip", "warn"} for each check, in order
-    a_todos uuid[];
-    b_todos uuid[];
+    checks jsonb := '[]';   -- {"name", "ok", "note", "skip", "warn", "bail"} per check, in order
+    todos_of jsonb := '{}'; -- each user's two todo ids, sorted as visible_sql sorts them
     a_rows jsonb;           -- exactly what A owns, in visible_sql's shape
-    b_pattern text;         -- matches B's id, B's todo ids, B's key and B's titles
+    first_todo uuid;
     seen jsonb;
     found text[];
     done int;
@@ -79,6 +100,8 @@ DECLARE
     leaked boolean;
     line text;
     this jsonb;
+    searcher uuid;
+    other uuid;
     attempt record;
     target record;
 BEGIN
@@ -96,17 +119,16 @@ BEGIN
             EXIT checks_block;
         END;
 
-        -- A and B each write a users row, two todos (one with no description) and a key.
+        -- A and B each write a users row, two todos (one done, with no description) and a key.
         FOREACH u IN ARRAY ARRAY[user_a, user_b] LOOP
+            found := ARRAY[gen_random_uuid()::text, gen_random_uuid()::text];
             BEGIN
                 PERFORM set_config('app.user_id', u::text, true);
                 INSERT INTO users (id) VALUES (u);
-                WITH written AS (
-                    INSERT INTO todos (user_id, title, description)
-                    VALUES (u, 'rls probe ' || u, 'rls probe ' || u), (u, 'rls probe ' || u, NULL)
-                    RETURNING id
-                )
-                SELECT array_agg(id ORDER BY id) INTO STRICT found FROM written;
+                INSERT INTO todos (id, user_id, title, description)
+                VALUES (found[1]::uuid, u, 'rls probe ' || u, 'rls probe ' || u);
+                INSERT INTO todos (id, user_id, title, is_completed)
+                VALUES (found[2]::uuid, u, 'rls probe ' || u, true);
                 INSERT INTO idempotency_keys (user_id, key, fingerprint, response)
                 VALUES (u, 'rls-probe-' || u, 'rls probe', jsonb_build_object('probe', u));
                 note := NULL;
@@ -119,30 +141,34 @@ BEGIN
                 'ok', note IS NULL, 'note', note,
                 'bail', CASE WHEN note IS NOT NULL THEN 'the other checks need both users'' rows' END);
             EXIT checks_block WHEN note IS NOT NULL;
-            IF u = user_a THEN a_todos := found; ELSE b_todos := found; END IF;
+            todos_of := todos_of || jsonb_build_object(u, (SELECT jsonb_agg(x ORDER BY x)
+                                                           FROM unnest(found) x));
         END LOOP;
-        a_rows := jsonb_build_object('users', jsonb_build_array(user_a), 'todos', to_jsonb(a_todos),
+        first_todo := todos_of -> user_a::text ->> 0;
+        tables := ARRAY['users', 'todos', 'idempotency_keys']::regclass[];
+        a_rows := jsonb_build_object('users', jsonb_build_array(user_a),
+                                     'todos', todos_of -> user_a::text,
                                      'idempotency_keys', jsonb_build_array('rls-probe-' || user_a));
-        b_pattern := user_b::text || '|' || array_to_string(b_todos, '|');
 
         -- With no user set, todo_app sees nothing at all.
         PERFORM set_config('app.user_id', '', true);
         EXECUTE visible_sql INTO seen;
         FOR table_name IN SELECT jsonb_object_keys(nothing) LOOP
+            EXECUTE counted USING jsonb_build_object(table_name, seen -> table_name) INTO note;
             checks := checks || jsonb_build_object(
                 'name', format('with no user set, %s sees no rows in %s', app, table_name),
-                'ok', seen -> table_name = '[]',
-                'note', format('it sees %s', seen -> table_name));
+                'ok', seen -> table_name = '[]', 'note', note);
         END LOOP;
 
         -- A sees exactly its own rows.
         PERFORM set_config('app.user_id', user_a::text, true);
         EXECUTE visible_sql INTO seen;
         FOR table_name IN SELECT jsonb_object_keys(nothing) LOOP
+            EXECUTE counted USING jsonb_build_object(table_name, seen -> table_name) INTO note;
             checks := checks || jsonb_build_object(
                 'name', format('A sees exactly its own rows in %s', table_name),
                 'ok', seen -> table_name = a_rows -> table_name,
-                'note', format('it sees %s; its own are %s', seen -> table_name, a_rows -> table_name));
+                'note', format('%s; it owns %s', note, jsonb_array_length(a_rows -> table_name)));
         END LOOP;
 
         -- A cannot write B's rows, nor write rows for B. Each attempt must be refused or change
@@ -157,7 +183,7 @@ BEGIN
                  format('INSERT INTO idempotency_keys (user_id, key, fingerprint, response)'
                         ' VALUES (%L, %L, %L, %L)', user_b, 'rls-probe-a-for-' || user_b, 'x', '{}')),
                 ('A cannot give its todo to B',
-                 format('UPDATE todos SET user_id = %L WHERE id = %L', user_b, a_todos[1])),
+                 format('UPDATE todos SET user_id = %L WHERE id = %L', user_b, first_todo)),
                 ('A cannot change B''s todos',
                  format('UPDATE todos SET title = %L WHERE user_id = %L', 'changed by A', user_b)),
                 ('A cannot delete B''s todos',
@@ -185,11 +211,11 @@ BEGIN
         -- are the policies at work, not a broken table.
         BEGIN
             note := 'updating its todo';
-            UPDATE todos SET title = 'changed by A' WHERE id = a_todos[1];
+            UPDATE todos SET title = 'changed by A' WHERE id = first_todo;
             GET DIAGNOSTICS done = ROW_COUNT;
             IF done = 1 THEN
                 note := 'deleting its todo';
-                DELETE FROM todos WHERE id = a_todos[1];
+                DELETE FROM todos WHERE id = first_todo;
                 GET DIAGNOSTICS done = ROW_COUNT;
             END IF;
             IF done = 1 THEN
@@ -217,23 +243,27 @@ BEGIN
             (claims || jsonb_build_object('sub', user_b, 'user_id', user_b, 'role', app))::text,
             true);
         EXECUTE visible_sql INTO seen;
+        EXECUTE counted USING seen INTO note;
+        EXECUTE counted USING a_rows INTO line;
         checks := checks || jsonb_build_object(
             'name', 'claims naming B do not widen what A sees',
-            'ok', seen = a_rows, 'note', format('it sees %s', seen));
+            'ok', seen = a_rows, 'note', note || '; ' || replace(line, 'it sees', 'it owns'));
         PERFORM set_config('app.user_id', '', true);
         EXECUTE visible_sql INTO seen;
+        EXECUTE counted USING seen INTO note;
         checks := checks || jsonb_build_object(
             'name', 'claims naming B show nothing when no user is set',
-            'ok', seen = nothing, 'note', format('it sees %s', seen));
+            'ok', seen = nothing, 'note', note);
         PERFORM set_config('request.jwt.claims', claims::text, true);
 
         -- A pooled connection after its transaction ended: the context is reset.
         PERFORM set_config('app.user_id', user_a::text, true);
         RESET app.user_id;
         EXECUTE visible_sql INTO seen;
+        EXECUTE counted USING seen INTO note;
         checks := checks || jsonb_build_object(
             'name', 'after A''s context is reset, the same session sees no rows',
-            'ok', seen = nothing, 'note', format('it sees %s', seen));
+            'ok', seen = nothing, 'note', note);
 
         -- The service's sweep deletes expired keys with no user set. Running that DELETE would
         -- lock other users' expired keys, so the planner shows the condition the policies put
@@ -254,9 +284,7 @@ BEGIN
         FOR role_name, superuser, bypass IN
             SELECT r.rolname, r.rolsuper, r.rolbypassrls FROM pg_roles r
             WHERE r.rolname = session_user
-               OR r.oid IN (SELECT relowner FROM pg_class
-                            WHERE oid IN ('users'::regclass, 'todos'::regclass,
-                                          'idempotency_keys'::regclass))
+               OR r.oid IN (SELECT relowner FROM pg_class WHERE oid = ANY(tables))
             ORDER BY r.rolname
         LOOP
             this := jsonb_build_object(
@@ -281,106 +309,123 @@ BEGIN
                     seen := nothing;  -- it may not read the tables at all
                 END;
                 PERFORM set_config('role', app, true);
+                EXECUTE counted USING seen INTO note;
                 this := this || jsonb_build_object(
-                    'ok', seen = nothing, 'note', format('it sees %s', seen));
+                    'ok', seen = nothing, 'note', note);
             END IF;
             checks := checks || this;
         END LOOP;
 
-        -- Everything todo_app can read or call, searched for B's rows while acting as A. Read
-        -- only from here on: a function called below cannot write.
+        -- Everything todo_app can read, searched by each user for the other's user id and todo
+        -- ids: a trigger, rule or view that copies rows, in either direction, shows up here.
+        -- Objects of extensions are theirs to keep; built-in ones have OIDs below 16384.
         PERFORM set_config('transaction_read_only', 'on', true);
-        found := '{}';
-        total := 0;
-        FOR target IN
-            SELECT c.oid::regclass::text AS name,
-                   format('SELECT EXISTS (SELECT FROM %s WHERE ROW(%s)::text ~ %L)',
-                          c.oid::regclass,
-                          string_agg(quote_ident(att.attname), ', ' ORDER BY att.attnum),
-                          b_pattern) AS query
-            FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
-            WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname !~ '^pg_(toast|temp)'
-              AND has_column_privilege(app, c.oid, att.attnum, 'SELECT')
-            GROUP BY c.oid
-            ORDER BY 1
-        LOOP
-            total := total + 1;
-            BEGIN
-                EXECUTE target.query INTO leaked;
-            EXCEPTION WHEN OTHERS THEN
-                leaked := false;  -- a relation that cannot be read returns nothing
-            END;
-            IF leaked THEN
-                found := found || target.name;
-            END IF;
+        FOREACH searcher IN ARRAY ARRAY[user_a, user_b] LOOP
+            other := CASE searcher WHEN user_a THEN user_b ELSE user_a END;
+            PERFORM set_config('app.user_id', searcher::text, true);
+            found := '{}';
+            total := 0;
+            FOR target IN
+                SELECT c.oid::regclass::text AS name,
+                       format('SELECT EXISTS (SELECT FROM %s WHERE ROW(%s)::text ~ %L)',
+                              c.oid::regclass,
+                              string_agg(quote_ident(att.attname), ', ' ORDER BY att.attnum),
+                              concat_ws('|', other, todos_of -> other::text ->> 0,
+                                        todos_of -> other::text ->> 1)) AS query
+                FROM pg_class c
+                JOIN pg_attribute att
+                  ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
+                WHERE c.oid >= 16384 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                  AND c.relnamespace <> 'pg_toast'::regnamespace
+                  AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                                  AND d.objid = c.oid AND d.deptype = 'e')
+                  AND has_column_privilege(app, c.oid, att.attnum, 'SELECT')
+                GROUP BY c.oid
+                ORDER BY 1
+            LOOP
+                total := total + 1;
+                BEGIN
+                    EXECUTE target.query INTO leaked;
+                    IF leaked THEN
+                        found := found || format('%s''s rows are in %s',
+                            CASE other WHEN user_a THEN 'A' ELSE 'B' END, target.name);
+                    END IF;
+                EXCEPTION
+                    WHEN insufficient_privilege THEN NULL;  -- it returns nothing
+                    WHEN OTHERS THEN found := found || format('%s could not be searched: %s',
+                                                              target.name, SQLERRM);
+                END;
+            END LOOP;
+            checks := checks || jsonb_build_object(
+                'name', format('%s finds none of %s''s rows in any relation %s can read (%s searched)',
+                               CASE searcher WHEN user_a THEN 'A' ELSE 'B' END,
+                               CASE other WHEN user_a THEN 'A' ELSE 'B' END, app, total),
+                'ok', found = '{}', 'note', array_to_string(found, '; '));
         END LOOP;
-        checks := checks || jsonb_build_object(
-            'name', format('A finds none of B''s rows in any relation %s can read (%s searched)',
-                           app, total),
-            'ok', found = '{}', 'note', 'B''s rows are in ' || array_to_string(found, ', '));
 
-        found := '{}';
-        total := 0;
-        FOR target IN
-            SELECT p.oid::regprocedure::text AS name,
-                   format('SELECT EXISTS (SELECT FROM %I.%I() AS r WHERE r::text ~ %L)',
-                          n.nspname, p.proname, b_pattern) AS query
-            FROM pg_proc p
-            JOIN pg_namespace n ON n.oid = p.pronamespace
-            JOIN pg_type t ON t.oid = p.prorettype
-            WHERE p.prokind = 'f' AND p.pronargs = p.pronargdefaults
-              AND (t.typtype <> 'p' OR t.typname = 'record')
-              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname !~ '^pg_(toast|temp)'
-              AND has_function_privilege(app, p.oid, 'EXECUTE')
-              AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
-                              AND d.objid = p.oid AND d.deptype = 'e')
-            ORDER BY 1
-        LOOP
-            total := total + 1;
-            BEGIN
-                EXECUTE target.query INTO leaked;
-            EXCEPTION WHEN OTHERS THEN
-                leaked := false;  -- a call that fails returns nothing
-            END;
-            IF leaked THEN
-                found := found || target.name;
-            END IF;
-        END LOOP;
-        checks := checks || jsonb_build_object(
-            'name', format('A finds none of B''s rows in what any function %s can call without'
-                           ' arguments returns (%s called)', app, total),
-            'ok', found = '{}', 'note', 'B''s rows come from ' || array_to_string(found, ', '));
-
-        -- What todo_app could do that the searches above cannot exercise safely.
-        SELECT coalesce(array_agg(p.oid::regprocedure::text ORDER BY 1), '{}') INTO found
-        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE p.prosecdef
-          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname !~ '^pg_(toast|temp)'
-          AND has_function_privilege(app, p.oid, 'EXECUTE')
+        -- What the searches cannot see is looked up, not run: code that would run as another
+        -- role for todo_app (a SECURITY DEFINER function, or one that switches role), and rules
+        -- (their actions run as the table's owner).
+        SELECT coalesce(array_agg(p.oid::regprocedure::text ORDER BY p.oid::regprocedure::text),
+                        '{}') INTO found
+        FROM pg_proc p
+        WHERE p.oid >= 16384
+          AND (p.prosecdef
+               OR EXISTS (SELECT FROM unnest(p.proconfig) setting
+                          WHERE setting ~* '^(role|session_authorization)=')
+               OR p.prosrc ~* '(set|reset)\s+(local\s+|session\s+)?(role|session\s+authorization)'
+               OR p.prosrc ~* 'set_config\s*\(\s*''(role|session_authorization)''')
+          AND (has_function_privilege(app, p.oid, 'EXECUTE')
+               OR p.oid IN (SELECT tgfoid FROM pg_trigger
+                            WHERE tgrelid = ANY(tables) AND NOT tgisinternal))
           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                           AND d.objid = p.oid AND d.deptype = 'e');
         checks := checks || jsonb_build_object(
-            'name', format('%s can execute no SECURITY DEFINER function (one runs as its owner,'
-                           ' whom RLS may not restrain)', app),
-            'ok', found = '{}', 'note', 'it can execute ' || array_to_string(found, ', '));
+            'name', format('no function %s can call, nor any trigger on its tables, runs as another'
+                           ' role (SECURITY DEFINER, or SET ROLE)', app),
+            'ok', found = '{}', 'note', 'these do: ' || array_to_string(found, ', '));
+
+        SELECT coalesce(array_agg(format('%s on %s', rulename, tablename) ORDER BY rulename), '{}')
+        INTO found
+        FROM pg_rules WHERE schemaname = 'public' AND tablename = ANY(tables::text[]);
+        checks := checks || jsonb_build_object(
+            'name', 'no rule rewrites statements on users, todos or idempotency_keys',
+            'ok', found = '{}', 'note', 'found ' || array_to_string(found, ', '));
+
+        -- Permissive policies add up: one more for UPDATE or DELETE lets a statement with no
+        -- WHERE reach other users' rows, which no attempt above can try without locking them.
+        SELECT coalesce(array_agg(policy ORDER BY policy), '{}') INTO found
+        FROM (
+            SELECT format('%s on %s (%s)', policyname, tablename, cmd) AS policy
+            FROM pg_policies
+            WHERE schemaname = 'public' AND tablename = ANY(tables::text[])
+              AND permissive = 'PERMISSIVE'
+              AND EXISTS (SELECT FROM unnest(roles) r
+                          WHERE CASE WHEN r = 'public' THEN true
+                                     ELSE pg_has_role(app, r, 'MEMBER') END)
+        ) s;
+        checks := checks || jsonb_build_object(
+            'name', format('the permissive policies for %s are the owner policies and the sweep''s',
+                           app),
+            'ok', found = api_policies,
+            'note', concat_ws('; ',
+                'beyond them there is ' || nullif(array_to_string(
+                    ARRAY(SELECT unnest(found) EXCEPT SELECT unnest(api_policies) ORDER BY 1),
+                    ', '), ''),
+                'missing: ' || nullif(array_to_string(
+                    ARRAY(SELECT unnest(api_policies) EXCEPT SELECT unnest(found) ORDER BY 1),
+                    ', '), '')));
 
         -- TRUNCATE ignores RLS, and taking its lock would stop production: asked, not tried.
         SELECT coalesce(array_agg(held ORDER BY held), '{}') INTO found
         FROM (
             SELECT format('%s %s', p.privilege, c.oid::regclass) AS held
             FROM pg_class c
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
-                                    'REFERENCES', 'TRIGGER']) AS p(privilege)
-            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname !~ '^pg_(toast|temp)'
-              AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+            CROSS JOIN unnest(privileges) AS p(privilege)
+            WHERE c.oid >= 16384 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+              AND c.relnamespace <> 'pg_toast'::regnamespace
+              AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                              AND d.objid = c.oid AND d.deptype = 'e')
               AND CASE WHEN p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
                        THEN has_any_column_privilege(app, c.oid, p.privilege)
                        ELSE has_table_privilege(app, c.oid, p.privilege) END
@@ -402,15 +447,14 @@ BEGIN
             WHERE has_database_privilege(app, current_database(), 'CREATE')
             UNION ALL
             SELECT 'schema ' || nspname FROM pg_namespace
-            WHERE nspname NOT IN ('pg_catalog', 'information_schema')
-              AND nspname !~ '^pg_(toast|temp)'
+            WHERE (oid >= 16384 OR nspname = 'public')
               AND has_schema_privilege(app, oid, 'CREATE')
         ) s;
         checks := checks || jsonb_build_object(
             'name', format('%s cannot create objects', app),
             'ok', found = '{}', 'note', 'it can create in ' || array_to_string(found, ', '));
 
-        SELECT coalesce(array_agg(roleid::regrole::text ORDER BY 1), '{}') INTO found
+        SELECT coalesce(array_agg(DISTINCT roleid::regrole::text), '{}') INTO found
         FROM pg_auth_members WHERE member = app::regrole;
         checks := checks || jsonb_build_object(
             'name', format('%s is a member of no other role', app),

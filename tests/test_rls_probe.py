@@ -12,7 +12,7 @@ import pytest
 from conftest import as_superuser, as_user, execute, run_cli, with_url
 from sqlalchemy.engine import make_url
 from test_safety import CLAIM_POLICY as VERIFIED_EMAIL_POLICY
-from test_safety import UNSAFE_ROLE_STATES, UNSAFE_TABLE_STATES
+from test_safety import HARMLESS_STATE, UNSAFE_ROLE_STATES, UNSAFE_TABLE_STATES
 
 from api.cli import migrate
 from db import safety
@@ -94,6 +94,15 @@ def test_every_check_passes_on_the_run_database_and_nothing_is_left_behind(datab
     assert row_counts(database_url) == before
 
 
+def test_an_extensions_relations_and_another_interval_style_pass(owned, server_url):
+    """As with pg_stat_statements (its views are granted to PUBLIC) and IntervalStyle set to
+    iso_8601 on the database: nothing about isolation, so the probe passes."""
+    database = make_url(owned).database
+    execute(as_superuser(owned, server_url), HARMLESS_STATE.format(database=database))
+    result = probe(owned)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_check_passes_for_a_neon_like_owner(owned, owner):
     """As the tables' owner, neither superuser nor BYPASSRLS: nothing to skip or warn about."""
     result = probe(owned)
@@ -138,7 +147,7 @@ FAILS_FOR_STATIC = {
     "GRANT CREATE ON SCHEMA public TO PUBLIC": CREATES,
     "GRANT CREATE ON DATABASE {database} TO todo_app": CREATES,
     UNSAFE_ROLE_STATES[-2][0]: WRITES_ITS_OWN,  # current_app_user() is one user for everyone
-    "ALTER FUNCTION current_app_user() SECURITY DEFINER": "no SECURITY DEFINER function",
+    "ALTER FUNCTION current_app_user() SECURITY DEFINER": "runs as another role",
 }
 COPY_TRIGGER = """
 CREATE TABLE todo_copies (LIKE todos);
@@ -163,13 +172,46 @@ CLAIM_POLICY = """
 CREATE POLICY by_claim ON todos FOR SELECT TO todo_app
     USING (user_id::text = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
 """
+# A permissive policy for UPDATE: a statement with no WHERE takes every user's todos.
+UPDATE_POLICY = """
+CREATE POLICY take_all ON todos FOR UPDATE TO todo_app
+    USING (true) WITH CHECK (user_id = (SELECT current_app_user()))
+"""
+# Each new todo's description gets every other user's titles.
+SHARING_TRIGGER = """
+CREATE FUNCTION share_titles() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    NEW.description := (SELECT string_agg(title, ',') FROM todos WHERE user_id <> NEW.user_id);
+    RETURN NEW;
+END $$;
+REVOKE EXECUTE ON FUNCTION share_titles() FROM PUBLIC;
+CREATE TRIGGER share_titles BEFORE INSERT ON todos FOR EACH ROW EXECUTE FUNCTION share_titles();
+"""
+# (Here its actions run as the tables' owner, whom forced RLS holds; with a superuser or BYPASSRLS
+# owner they would copy titles across.)
+SHARING_RULE = """
+CREATE RULE share_titles AS ON INSERT TO todos DO ALSO
+    UPDATE todos SET description = (SELECT string_agg(t.title, ',') FROM todos t
+                                    WHERE t.user_id <> NEW.user_id)
+    WHERE user_id = NEW.user_id
+"""
+# Not SECURITY DEFINER, but it leaves todo_app for the connecting role.
+ROLE_SWITCHING_FUNCTION = """
+CREATE FUNCTION titles_of(u uuid) RETURNS SETOF text LANGUAGE sql SET role = 'none'
+    AS 'SELECT title FROM todos WHERE user_id = u'
+"""
 FOUND_IN = "A finds none of B's rows in any relation todo_app can read"
-RETURNED_BY = "A finds none of B's rows in what any function todo_app can call"
+FOUND_BY_B = "B finds none of A's rows in any relation todo_app can read"
+RUNS_AS = "runs as another role"
 # (breakage, a check that must fail, what its diagnostic line must name)
 FAILS_FOR_MORE = [
     (COPY_TRIGGER, FOUND_IN, "B's rows are in todo_copies"),
-    (ALL_TODOS_FUNCTION, RETURNED_BY, "B's rows come from all_todos()"),
-    (ALL_TODOS_FUNCTION, "no SECURITY DEFINER function", "it can execute all_todos()"),
+    (ALL_TODOS_FUNCTION, RUNS_AS, "these do: all_todos()"),
+    (ROLE_SWITCHING_FUNCTION, RUNS_AS, "these do: titles_of(uuid)"),
+    (SHARING_TRIGGER, FOUND_BY_B, "A's rows are in todos"),
+    (SHARING_TRIGGER, RUNS_AS, "these do: share_titles()"),
+    (SHARING_RULE, "no rule rewrites", "found share_titles on todos"),
+    (UPDATE_POLICY, "the permissive policies", "beyond them there is take_all on todos (UPDATE)"),
     (ALL_TODOS_VIEW, FOUND_IN, "B's rows are in all_todos"),
     (CLAIM_POLICY, "claims naming B do not widen what A sees", "it sees"),
     ("ALTER POLICY todos_own_rows ON todos USING (true)", FOUND_IN, "B's rows are in todos"),
@@ -275,7 +317,7 @@ def test_check_deep_fails_on_a_leak_the_static_check_passes(owned, server_url, u
     out = capfd.readouterr().out
     static, tap = out.split("\n1..", 1)
     assert "FAIL" not in static  # the catalog looks as policies.sql writes it...
-    assert "#   B's rows come from all_todos()" in tap  # ...but the probe finds the leak
+    assert "#   these do: all_todos()" in tap  # ...but the probe finds the leak
 
 
 def test_restrictive_claim_policies_pass_with_the_claims_they_need(owned, server_url):
