@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
@@ -38,6 +39,17 @@ def ttl_seconds(text: str) -> int:
     return int(match[1]) * TTL_UNITS[match[2]]
 
 
+def json_object(text: str) -> str:
+    """A JSON object, as the probe's claims must be."""
+    try:
+        valid = isinstance(json.loads(text), dict)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise argparse.ArgumentTypeError("write it as a JSON object: '{\"emailVerified\": true}'")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="todo-api", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     check.add_argument(
         "--claims",
-        default="{}",
+        type=json_object,
         metavar="JSON",
         help="with --deep: the probe's users' token claims, for restrictive policies reading them",
     )
@@ -71,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "psql" and (args.subject is None) != (args.issuer is None):
         parser.error("--subject and --issuer go together")
+    if args.command == "check" and args.claims and not args.deep:
+        parser.error("--claims goes with --deep")
 
     try:
         settings = get_settings()
@@ -93,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         passed = print_checks(url)
         if args.deep:
             sys.stdout.flush()  # psql writes to the same stdout
-            passed = run_probe(url, args.claims) and passed
+            passed = run_probe(url, args.claims or "{}") and passed
         sys.exit(0 if passed else 1)
     elif args.command == "serve":
         if not print_checks(url):

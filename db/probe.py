@@ -1,6 +1,7 @@
 """The RLS probe (rls_probe.sql): isolation proved by behaviour on the live database, in a
 transaction that always rolls back. `todo-api check --deep` runs it with psql, as people do."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,4 +14,11 @@ def run_probe(url: str, claims: str = "{}") -> bool:
     """Print the probe's TAP lines to stdout; True when every check passed. `claims` (JSON)
     are the synthetic users' token claims, for restrictive policies that read them."""
     command = [psql_path(), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-v", f"claims={claims}"]
-    return subprocess.run([*command, "-f", str(PROBE_SQL), url], check=False).returncode == 0
+    # From the folder above db/, psql names the file in its messages as the README shows.
+    probe = subprocess.run(
+        [*command, "-f", f"{PROBE_SQL.parent.name}/{PROBE_SQL.name}", url],
+        cwd=PROBE_SQL.parent.parent,
+        env={"PGCONNECT_TIMEOUT": "10", **os.environ},
+        check=False,
+    )
+    return probe.returncode == 0

@@ -196,6 +196,24 @@ def owner(database_url: str) -> Iterator[str]:
         conn.execute(psycopg.sql.SQL("DROP ROLE {}").format(psycopg.sql.Identifier(role)))
 
 
+@pytest.fixture(scope="module")
+def owner_database(
+    owner: str, make_database: Callable[..., str], database_url: str
+) -> Iterator[str]:
+    """A fresh database owned by `owner`, migrated by `owner` itself; the URL logs in as it."""
+    url = make_database(migrated=False, owner=owner)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        # make_database drops the database at session end, after `owner` must be gone: hand
+        # everything the role owns there (the database included) to the superuser first.
+        with psycopg.connect(as_superuser(url, database_url), autocommit=True) as conn:
+            role = psycopg.sql.Identifier(owner)
+            conn.execute(psycopg.sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
+            conn.execute(psycopg.sql.SQL("DROP OWNED BY {}").format(role))
+
+
 @pytest.fixture
 def todo_app_bypasses_rls(server_url: str) -> Iterator[None]:
     """todo_app WITH BYPASSRLS: cluster-wide, so it is always restored."""

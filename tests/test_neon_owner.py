@@ -10,7 +10,7 @@ from conftest import app_client, as_superuser, new_user
 from psycopg import sql
 from psycopg.errors import InsufficientPrivilege
 
-from api.cli import migrate, print_checks
+from api.cli import print_checks
 
 TODOS = "/api/v1/todos"
 
@@ -21,37 +21,21 @@ def count(conn: psycopg.Connection, table: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def owner_url(owner: str, make_database, database_url: str) -> Iterator[str]:
-    """A fresh database owned by `owner`, migrated by `owner` itself; the URL logs in as it."""
-    url = make_database(migrated=False, owner=owner)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        # make_database drops the database at session end, after `owner` must be gone: hand
-        # everything the role owns there (the database included) to the superuser first.
-        with psycopg.connect(as_superuser(url, database_url), autocommit=True) as conn:
-            role = sql.Identifier(owner)
-            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(role))
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-
-
-@pytest.fixture(scope="module")
-def client(owner_url: str):
-    with app_client(owner_url) as test_client:
+def client(owner_database: str):
+    with app_client(owner_database) as test_client:
         yield test_client
 
 
 @pytest.fixture
-def owner_conn(owner_url: str) -> Iterator[psycopg.Connection]:
+def owner_conn(owner_database: str) -> Iterator[psycopg.Connection]:
     """The owner, connected directly, without switching to todo_app."""
-    with psycopg.connect(owner_url, autocommit=True) as conn:
+    with psycopg.connect(owner_database, autocommit=True) as conn:
         yield conn
 
 
 @pytest.fixture
-def admin_conn(owner_url: str, database_url: str) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(as_superuser(owner_url, database_url), autocommit=True) as conn:
+def admin_conn(owner_database: str, database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(as_superuser(owner_database, database_url), autocommit=True) as conn:
         yield conn
 
 
@@ -69,8 +53,8 @@ def test_the_owner_ran_the_migrations(admin_conn, owner):
     assert sorted(owners) == [("todos", owner), ("users", owner)]
 
 
-def test_the_self_check_passes(owner_url):
-    assert print_checks(owner_url) is True
+def test_the_self_check_passes(owner_database):
+    assert print_checks(owner_database) is True
 
 
 def test_the_api_keeps_users_apart(client):

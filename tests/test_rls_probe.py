@@ -5,16 +5,21 @@ naming what failed."""
 import re
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
+from cluster import wait_until
 from conftest import as_superuser, as_user, execute, run_cli, with_url
+from database_states import (
+    EVERYONE_IS_ONE_USER,
+    HARMLESS_STATE,
+    UNSAFE_ROLE_STATES,
+    UNSAFE_TABLE_STATES,
+    VERIFIED_EMAIL_POLICY,
+)
 from sqlalchemy.engine import make_url
-from test_safety import CLAIM_POLICY as VERIFIED_EMAIL_POLICY
-from test_safety import HARMLESS_STATE, UNSAFE_ROLE_STATES, UNSAFE_TABLE_STATES
 
-from api.cli import migrate
 from db import safety
 from db.connection import psql_path
 from db.probe import PROBE_SQL
@@ -41,30 +46,16 @@ def results(stdout: str) -> dict[str, bool]:
     return found
 
 
-def failed(stdout: str) -> list[str]:
-    return [name for name, ok in results(stdout).items() if not ok]
-
-
 def row_counts(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
 
-@pytest.fixture(scope="module")
-def template(owner: str, make_database: Callable[..., str], database_url: str) -> Iterator[str]:
-    """A database owned and migrated by the non-superuser `owner`, as on Neon, to clone."""
-    url = make_database(migrated=False, owner=owner)
-    migrate(url)
-    yield make_url(url).database
-    # `owner` is dropped after this module: hand what it owns here to the superuser.
-    with psycopg.connect(as_superuser(url, database_url), autocommit=True) as conn:
-        conn.execute(f'REASSIGN OWNED BY "{owner}" TO CURRENT_USER')
-        conn.execute(f'DROP OWNED BY "{owner}"')
-
-
 @pytest.fixture
-def owned(template: str, owner: str, server_url: str) -> Iterator[str]:
-    """A fresh clone of `template`, logged in to as its owner; dropped afterwards."""
+def owned(owner_database: str, owner: str, server_url: str) -> Iterator[str]:
+    """A fresh clone of a database owned and migrated by the non-superuser `owner`, as on Neon,
+    logged in to as its owner; dropped afterwards."""
+    template = make_url(owner_database).database
     name = f"todo_test_{uuid.uuid4().hex[:12]}"
     execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{owner}"')
     try:
@@ -118,10 +109,11 @@ def test_every_check_passes_for_a_neon_like_owner(owned, owner):
 # probe that fails because of it, by behaviour where the probe can try it safely.
 NO_ROWS = "with no user set, todo_app sees no rows in {}"
 WRITES_ITS_OWN = "A writes its own users row, todos and idempotency key"
+RUNS_AS = "runs as another role"
 UNFORCED = "{owner}, without the switch to todo_app and with no user set, sees no rows"
 PRIVILEGES = "todo_app holds exactly the table privileges the API uses"
 CREATES = "todo_app cannot create objects"
-SWEEP = "with no user set, a DELETE reaches only expired idempotency keys"
+POLICIES = "the permissive policies for todo_app are exactly the API's"
 FAILS_FOR_STATIC = {
     "ALTER TABLE users DISABLE ROW LEVEL SECURITY": NO_ROWS.format("users"),
     "ALTER TABLE todos DISABLE ROW LEVEL SECURITY": NO_ROWS.format("todos"),
@@ -130,12 +122,12 @@ FAILS_FOR_STATIC = {
     "ALTER TABLE todos NO FORCE ROW LEVEL SECURITY": UNFORCED,
     "ALTER TABLE idempotency_keys NO FORCE ROW LEVEL SECURITY": UNFORCED,
     "ALTER POLICY todos_own_rows ON todos USING (true)": NO_ROWS.format("todos"),
-    "ALTER POLICY idempotency_keys_expired ON idempotency_keys USING (true)": SWEEP,
+    "ALTER POLICY idempotency_keys_expired ON idempotency_keys USING (true)": POLICIES,
     "CREATE POLICY everyone ON users USING (true)": NO_ROWS.format("users"),
     "DROP POLICY users_own_row ON users": WRITES_ITS_OWN,
     "DROP POLICY todos_own_rows ON todos": WRITES_ITS_OWN,
     "DROP POLICY idempotency_keys_own_rows ON idempotency_keys": WRITES_ITS_OWN,
-    "DROP POLICY idempotency_keys_expired ON idempotency_keys": SWEEP,
+    "DROP POLICY idempotency_keys_expired ON idempotency_keys": POLICIES,
     "GRANT TRUNCATE ON todos TO todo_app": PRIVILEGES,
     "GRANT REFERENCES ON users TO todo_app": PRIVILEGES,
     "GRANT TRIGGER ON todos TO todo_app": PRIVILEGES,
@@ -146,8 +138,8 @@ FAILS_FOR_STATIC = {
     "GRANT CREATE ON SCHEMA public TO todo_app": CREATES,
     "GRANT CREATE ON SCHEMA public TO PUBLIC": CREATES,
     "GRANT CREATE ON DATABASE {database} TO todo_app": CREATES,
-    UNSAFE_ROLE_STATES[-2][0]: WRITES_ITS_OWN,  # current_app_user() is one user for everyone
-    "ALTER FUNCTION current_app_user() SECURITY DEFINER": "runs as another role",
+    EVERYONE_IS_ONE_USER: WRITES_ITS_OWN,
+    "ALTER FUNCTION current_app_user() SECURITY DEFINER": RUNS_AS,
 }
 COPY_TRIGGER = """
 CREATE TABLE todo_copies (LIKE todos);
@@ -168,7 +160,7 @@ GRANT EXECUTE ON FUNCTION all_todos() TO todo_app;
 ALL_TODOS_VIEW = (
     "CREATE VIEW all_todos AS SELECT * FROM todos; GRANT SELECT ON all_todos TO todo_app"
 )
-CLAIM_POLICY = """
+WIDENING_CLAIM_POLICY = """
 CREATE POLICY by_claim ON todos FOR SELECT TO todo_app
     USING (user_id::text = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')
 """
@@ -200,9 +192,13 @@ ROLE_SWITCHING_FUNCTION = """
 CREATE FUNCTION titles_of(u uuid) RETURNS SETOF text LANGUAGE sql SET role = 'none'
     AS 'SELECT title FROM todos WHERE user_id = u'
 """
+# The sweep may delete every key, not only expired ones.
+WIDER_SWEEP = """
+ALTER POLICY idempotency_keys_expired ON idempotency_keys
+    USING (created_at <= now() - interval '24 hours' OR user_id IS NOT NULL)
+"""
 FOUND_IN = "A finds none of B's rows in any relation todo_app can read"
 FOUND_BY_B = "B finds none of A's rows in any relation todo_app can read"
-RUNS_AS = "runs as another role"
 # (breakage, a check that must fail, what its diagnostic line must name)
 FAILS_FOR_MORE = [
     (COPY_TRIGGER, FOUND_IN, "B's rows are in todo_copies"),
@@ -211,9 +207,10 @@ FAILS_FOR_MORE = [
     (SHARING_TRIGGER, FOUND_BY_B, "A's rows are in todos"),
     (SHARING_TRIGGER, RUNS_AS, "these do: share_titles()"),
     (SHARING_RULE, "no rule rewrites", "found share_titles on todos"),
-    (UPDATE_POLICY, "the permissive policies", "beyond them there is take_all on todos (UPDATE)"),
+    (UPDATE_POLICY, POLICIES, "beyond them: take_all on todos for UPDATE USING true"),
+    (WIDER_SWEEP, POLICIES, "OR (user_id IS NOT NULL)"),
     (ALL_TODOS_VIEW, FOUND_IN, "B's rows are in all_todos"),
-    (CLAIM_POLICY, "claims naming B do not widen what A sees", "it sees"),
+    (WIDENING_CLAIM_POLICY, "claims naming B do not widen what A sees", "it sees"),
     ("ALTER POLICY todos_own_rows ON todos USING (true)", FOUND_IN, "B's rows are in todos"),
 ]
 
@@ -269,15 +266,50 @@ def test_an_unmigrated_database_fails_the_probe(make_database):
     assert "Bail out!" in result.stdout
 
 
-def test_a_probe_cut_off_halfway_leaves_nothing_behind(owned, server_url):
-    """A table locked by someone else: the probe gives up after lock_timeout, having written
-    its users and todos, and rolls them back."""
-    admin = as_superuser(owned, server_url)
-    before = row_counts(admin)
-    with psycopg.connect(admin) as locker:
+def test_a_locked_table_makes_the_probe_give_up_rather_than_wait(owned, server_url):
+    """Behind a migration's lock the probe fails after lock_timeout, naming it."""
+    with psycopg.connect(as_superuser(owned, server_url)) as locker:
         locker.execute("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
-        result = probe(owned)
-    assert_fails(result, WRITES_ITS_OWN, "lock timeout")
+        assert_fails(probe(owned), WRITES_ITS_OWN, "lock timeout")
+
+
+# A view todo_app may read that takes longer than the probe's statement_timeout (10 s).
+SLOW_VIEW = """
+CREATE VIEW slow AS SELECT clock_timestamp()::text AS now FROM pg_sleep(11);
+GRANT SELECT ON slow TO todo_app;
+"""
+
+
+def test_a_probe_stopped_by_its_timeout_prints_its_lines_and_leaves_nothing_behind(
+    owned, server_url
+):
+    admin = as_superuser(owned, server_url)
+    execute(admin, SLOW_VIEW)
+    before = row_counts(admin)
+    result = probe(owned)
+    assert_fails(result, "the probe runs to its end", "statement timeout")
+    assert "Bail out!" in result.stdout
+    assert row_counts(admin) == before
+
+
+def test_a_probe_killed_halfway_leaves_nothing_behind(owned, server_url):
+    """Its backend terminated while it searches, its users' rows written: the server rolls
+    the transaction back."""
+    admin = as_superuser(owned, server_url)
+    execute(admin, SLOW_VIEW)
+    before = row_counts(admin)
+    command = [psql_path(), owned, "-v", "ON_ERROR_STOP=1", "-f", str(PROBE_SQL)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as running:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            wait_until(
+                lambda: conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'todo-api rls probe' AND wait_event = 'PgSleep'"
+                ).fetchall(),
+                "the probe to search the slow view",
+                timeout=9,
+            )
+        assert running.wait(timeout=30) != 0
     assert row_counts(admin) == before
 
 
@@ -337,3 +369,16 @@ def test_check_deep_passes_the_claims_on(owned, server_url, use_database, monkey
     use_database(owned)
     assert run_cli("check", "--deep", "--claims", '{"emailVerified": true}').code == 0
     assert "# all " in capfd.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--claims", "{}"], "--claims goes with --deep"),
+        (["--deep", "--claims", "nope"], "write it as a JSON object"),
+        (["--deep", "--claims", "[1]"], "write it as a JSON object"),
+    ],
+)
+def test_claims_are_a_json_object_given_with_deep(argv, says, capsys):
+    assert run_cli("check", *argv).code == 2
+    assert says in capsys.readouterr().err

@@ -7,6 +7,12 @@ import subprocess
 import pytest
 from cluster import TODO_API
 from conftest import app_client, execute, run_cli, with_url
+from database_states import (
+    HARMLESS_STATE,
+    UNSAFE_ROLE_STATES,
+    UNSAFE_TABLE_STATES,
+    VERIFIED_EMAIL_POLICY,
+)
 from sqlalchemy.engine import make_url
 
 from api import cli
@@ -14,58 +20,6 @@ from db import safety
 from db.safety import POLICIES_SQL, expected_policies
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=2"
-
-MIGRATE = "todo-api migrate"
-# (statement that makes a fresh migrated database unsafe, the check that must fail, its fix)
-UNSAFE_TABLE_STATES = [
-    ("ALTER TABLE users DISABLE ROW LEVEL SECURITY", "RLS enabled on users", MIGRATE),
-    ("ALTER TABLE todos DISABLE ROW LEVEL SECURITY", "RLS enabled on todos", MIGRATE),
-    ("ALTER TABLE users NO FORCE ROW LEVEL SECURITY", "RLS forced on users", MIGRATE),
-    ("ALTER TABLE todos NO FORCE ROW LEVEL SECURITY", "RLS forced on todos", MIGRATE),
-    ("ALTER TABLE idempotency_keys DISABLE ROW LEVEL SECURITY", "RLS enabled on idem", MIGRATE),
-    ("ALTER TABLE idempotency_keys NO FORCE ROW LEVEL SECURITY", "RLS forced on idem", MIGRATE),
-    ("ALTER POLICY todos_own_rows ON todos USING (true)", "policy todos_own_rows", MIGRATE),
-    # Expired keys are anyone's to delete; fresh ones are not.
-    (
-        "ALTER POLICY idempotency_keys_expired ON idempotency_keys USING (true)",
-        "policy idempotency_keys_expired",
-        MIGRATE,
-    ),
-    ("CREATE POLICY everyone ON users USING (true)", "policy on users beyond", "drop it"),
-] + [
-    (f"DROP POLICY {policy} ON {table}", f"policy {policy} on {table}", MIGRATE)
-    for policy, table, _ in expected_policies()
-]
-BEYOND = "no table privilege beyond policies.sql"
-UNSAFE_ROLE_STATES = [
-    # TRUNCATE ignores RLS; REFERENCES and TRIGGER are not the API's business.
-    ("GRANT TRUNCATE ON todos TO todo_app", f"{BEYOND} (has TRUNCATE on todos)", "REVOKE"),
-    ("GRANT REFERENCES ON users TO todo_app", f"{BEYOND} (has REFERENCES on users)", "REVOKE"),
-    ("GRANT TRIGGER ON todos TO todo_app", f"{BEYOND} (has TRIGGER on todos)", "REVOKE"),
-    ("GRANT UPDATE (id) ON users TO todo_app", f"{BEYOND} (has UPDATE on users)", "REVOKE"),
-    ("GRANT SELECT ON alembic_version TO PUBLIC", f"{BEYOND} (has SELECT on alembic", "PUBLIC"),
-    ("REVOKE DELETE ON todos FROM todo_app", "(lacks DELETE on todos)", MIGRATE),
-    # A recorded answer is never changed.
-    (
-        "GRANT UPDATE ON idempotency_keys TO todo_app",
-        f"{BEYOND} (has UPDATE on idempotency_keys)",
-        "REVOKE",
-    ),
-    ("GRANT CREATE ON SCHEMA public TO todo_app", "cannot create objects", "REVOKE CREATE"),
-    ("GRANT CREATE ON SCHEMA public TO PUBLIC", "cannot create objects", "REVOKE CREATE"),
-    ("GRANT CREATE ON DATABASE {database} TO todo_app", "cannot create objects", "REVOKE"),
-    (
-        "CREATE OR REPLACE FUNCTION current_app_user() RETURNS uuid LANGUAGE sql STABLE"
-        " AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$",  # everyone is one user
-        "current_app_user() is the function policies.sql defines",
-        MIGRATE,
-    ),
-    (
-        "ALTER FUNCTION current_app_user() SECURITY DEFINER",
-        "current_app_user() is the function policies.sql defines",
-        MIGRATE,
-    ),
-]
 
 
 def failed_line(stdout: str, check_name: str) -> str:
@@ -157,16 +111,6 @@ def test_unmigrated_database_is_refused(make_database, use_database, no_uvicorn,
     assert "todo-api migrate" in fix
 
 
-# A relation of an extension, granted to PUBLIC as pg_stat_statements grants its views
-# (plpgsql is the extension every database has), and intervals printed in ISO 8601.
-HARMLESS_STATE = """
-CREATE TABLE extension_stats (query text);
-GRANT SELECT ON extension_stats TO PUBLIC;
-ALTER EXTENSION plpgsql ADD TABLE extension_stats;
-ALTER DATABASE "{database}" SET IntervalStyle = iso_8601;
-"""
-
-
 def test_an_extensions_relations_and_another_interval_style_pass(make_database, use_database):
     url = make_database()
     execute(url, HARMLESS_STATE.format(database=make_url(url).database))
@@ -183,23 +127,18 @@ def test_healthy_database_passes_every_check(database_url, use_database, capsys)
     assert all(line.startswith("ok  ") for line in lines), lines
 
 
-CLAIM_POLICY = """
-CREATE POLICY todos_verified_email ON todos AS RESTRICTIVE FOR ALL TO todo_app
-    USING (coalesce((nullif(current_setting('request.jwt.claims', true), '')::jsonb
-                     ->> 'emailVerified')::boolean, false));
-"""
-
-
 @pytest.mark.parametrize(
     ("applied", "ok"),
-    [(CLAIM_POLICY, True), (CLAIM_POLICY.replace("AS RESTRICTIVE ", ""), False)],
+    [(VERIFIED_EMAIL_POLICY, True), (VERIFIED_EMAIL_POLICY.replace("AS RESTRICTIVE ", ""), False)],
 )
 def test_a_restrictive_policy_written_in_policies_sql_is_accepted(
     make_database, use_database, monkeypatch, capsys, applied, ok
 ):
     """docs/api.md's claim policy: restrictive, it can only narrow the owner check, so the
     self-check accepts it once policies.sql has it; applied as permissive, it would widen."""
-    monkeypatch.setattr(safety, "_policies", lambda: POLICIES_SQL.read_text() + CLAIM_POLICY)
+    monkeypatch.setattr(
+        safety, "_policies", lambda: POLICIES_SQL.read_text() + VERIFIED_EMAIL_POLICY
+    )
     url = make_database()
     execute(url, applied)
     use_database(url)
