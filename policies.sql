@@ -8,6 +8,7 @@
 -- and todo_app may already exist (roles belong to the whole cluster).
 -- Migration 0004 applies it. If you change it, add a migration that applies it again, and
 -- give the one that applied it before a copy of the version it applied, as 0002 has.
+-- db/rls_probe.sql lists the grants and policies too (it runs without this file): change both.
 
 -- 1. The runtime role. It cannot log in, is not a superuser and cannot bypass RLS,
 --    so switching to it is what makes the policies below apply. (Neon creates its
