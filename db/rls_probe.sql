@@ -93,6 +93,14 @@ DECLARE
                         ELSE jsonb_array_length(value) || ' row(s)' END, key), ', '), 'nothing')
         FROM jsonb_each($1) WHERE jsonb_array_length(value) > 0
     $q$;
+    -- A note on how $1 differs from $2: what it has beyond ($3 ...) and lacks ($4 ...).
+    difference_sql constant text := $q$
+        SELECT concat_ws('; ',
+            $3 || nullif(array_to_string(
+                ARRAY(SELECT unnest($1) EXCEPT SELECT unnest($2) ORDER BY 1), ', '), ''),
+            $4 || nullif(array_to_string(
+                ARRAY(SELECT unnest($2) EXCEPT SELECT unnest($1) ORDER BY 1), ', '), ''))
+    $q$;
     claims jsonb;           -- the synthetic users' own claims (-v claims)
     tables regclass[];      -- table_names, once they are known to exist
     checks jsonb := '[]';   -- {"name", "ok", "note", "skip", "warn", "bail"} per check, in order
@@ -412,16 +420,11 @@ BEGIN
                           WHERE CASE WHEN r = 'public' THEN true
                                      ELSE pg_has_role(app, r, 'MEMBER') END)
         ) s;
+        EXECUTE difference_sql USING problems, api_policies, 'beyond them: ', 'missing: '
+            INTO note;
         checks := checks || jsonb_build_object(
             'name', format('the permissive policies for %s are exactly the API''s', app),
-            'ok', problems = api_policies,
-            'note', concat_ws('; ',
-                'beyond them: ' || nullif(array_to_string(
-                    ARRAY(SELECT unnest(problems) EXCEPT SELECT unnest(api_policies) ORDER BY 1),
-                    ', '), ''),
-                'missing: ' || nullif(array_to_string(
-                    ARRAY(SELECT unnest(api_policies) EXCEPT SELECT unnest(problems) ORDER BY 1),
-                    ', '), '')));
+            'ok', problems = api_policies, 'note', note);
 
         -- TRUNCATE ignores RLS, and taking its lock would stop production: asked, not tried.
         SELECT coalesce(array_agg(held ORDER BY held), '{}') INTO problems
@@ -437,16 +440,11 @@ BEGIN
                        THEN has_any_column_privilege(app, c.oid, p.privilege)
                        ELSE has_table_privilege(app, c.oid, p.privilege) END
         ) s;
+        EXECUTE difference_sql USING problems, api_privileges, 'beyond them it holds ', 'it lacks '
+            INTO note;
         checks := checks || jsonb_build_object(
             'name', format('%s holds exactly the table privileges the API uses', app),
-            'ok', problems = api_privileges,
-            'note', concat_ws('; ',
-                'beyond them it holds ' || nullif(array_to_string(
-                    ARRAY(SELECT unnest(problems) EXCEPT SELECT unnest(api_privileges) ORDER BY 1),
-                    ', '), ''),
-                'it lacks ' || nullif(array_to_string(
-                    ARRAY(SELECT unnest(api_privileges) EXCEPT SELECT unnest(problems) ORDER BY 1),
-                    ', '), '')));
+            'ok', problems = api_privileges, 'note', note);
 
         SELECT coalesce(array_agg(place ORDER BY place), '{}') INTO problems
         FROM (
