@@ -10,7 +10,7 @@ from db.connection import psql_path
 PROBE_SQL = Path(__file__).with_name("rls_probe.sql")
 
 
-def run_probe(url: str, claims: str = "{}") -> bool:
+def run_probe(url: str, claims: str) -> bool:
     """Print the probe's TAP lines to stdout; True when every check passed. `claims` (JSON)
     are the synthetic users' token claims, for restrictive policies that read them."""
     command = [psql_path(), "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-v", f"claims={claims}"]

@@ -25,13 +25,16 @@ from db.connection import psql_path
 from db.probe import PROBE_SQL
 from db.safety import POLICIES_SQL
 
-TABLES = ("users", "todos", "idempotency_keys")
 TAP_LINE = re.compile(r"(ok|not ok) (\d+) - (.*)")
 
 
-def probe(url: str, *options: str) -> subprocess.CompletedProcess[str]:
+def probe_command(url: str, *options: str) -> list[str]:
     """`psql "$NEON_DATABASE_URL" -v ON_ERROR_STOP=1 -f db/rls_probe.sql`, as the README has it."""
-    command = [psql_path(), url, "-v", "ON_ERROR_STOP=1", *options, "-f", str(PROBE_SQL)]
+    return [psql_path(), url, "-v", "ON_ERROR_STOP=1", *options, "-f", str(PROBE_SQL)]
+
+
+def probe(url: str, *options: str) -> subprocess.CompletedProcess[str]:
+    command = probe_command(url, *options)
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
 
 
@@ -48,7 +51,7 @@ def results(stdout: str) -> dict[str, bool]:
 
 def row_counts(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in safety.TABLES}
 
 
 @pytest.fixture
@@ -298,7 +301,7 @@ def test_a_probe_killed_halfway_leaves_nothing_behind(owned, server_url):
     admin = as_superuser(owned, server_url)
     execute(admin, SLOW_VIEW)
     before = row_counts(admin)
-    command = [psql_path(), owned, "-v", "ON_ERROR_STOP=1", "-f", str(PROBE_SQL)]
+    command = probe_command(owned)
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as running:
         with psycopg.connect(admin, autocommit=True) as conn:
             wait_until(
