@@ -58,7 +58,13 @@ CallerDep = Annotated[Caller, Depends(caller)]
 
 async def transaction(request: Request, caller: CallerDep) -> Transaction:
     state = request.app.state
-    tx = Transaction(state.pool, caller, state.settings.db_statement_timeout_ms, state.tracer)
+    tx = Transaction(
+        state.pool,
+        caller,
+        state.settings.db_statement_timeout_ms,
+        state.tracer,
+        read_only=request.method == "GET",  # as PostgREST: a read can never write
+    )
     exchange_of(request.scope).transaction = tx
     return tx
 

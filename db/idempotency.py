@@ -10,6 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.errors import UniqueViolation
 
+from db import responses
 from db.connection import Pool
 from db.transaction import SET_CONTEXT, Statement, Transaction, context
 
@@ -41,7 +42,9 @@ class KeyInFlight(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    answer: dict[str, Any] | None  # the written row, or the recorded one; None: nothing written
+    # id, version and body (JSON) of the todo written, or of the recorded answer; None: nothing
+    # was written
+    answer: dict[str, Any] | None
     replayed: bool
     found: bool  # whether the todo the write targets exists (for 404 versus 412)
 
@@ -54,24 +57,31 @@ WHERE user_id = %(user)s AND key = %(key)s AND created_at <= now() - interval '2
 
 # Every write runs inside this statement. `replay` is the answer already recorded under the
 # request's key (nothing without a key), and {write} must not run when there is one; the
-# answer of a write that runs is recorded under the key in the same statement. A duplicate
+# answer of a write that runs is recorded under the key in the same statement, as the row
+# (to_jsonb), and the body is written from it again on a replay. A duplicate
 # racing the original sees no answer yet and writes too, but its insert into
 # idempotency_keys waits for the original to commit and then violates the primary key,
 # which rolls back everything it wrote.
-ONCE = """
+ANSWER = "id, version, user_id, title, description, is_completed, created_at, updated_at"
+ONCE = f"""
 WITH replay AS (
     SELECT fingerprint, response FROM idempotency_keys
     WHERE user_id = %(user)s AND key = %(key)s
 ), written AS (
-    {write}
+    {{write}}
 ), recorded AS (
     INSERT INTO idempotency_keys (user_id, key, fingerprint, response)
     SELECT user_id, %(key)s, %(fingerprint)s, to_jsonb(written) FROM written
     WHERE %(key)s IS NOT NULL
+), answer AS (
+    SELECT {ANSWER} FROM written
+    UNION ALL
+    SELECT {ANSWER} FROM replay, jsonb_populate_record(NULL::todos, replay.response)
 )
-SELECT (SELECT to_jsonb(written) FROM written) AS written,
-       (SELECT to_jsonb(replay) FROM replay) AS replay,
+SELECT answer.id, answer.version, {responses.todo("answer")}::text AS body,
+       (SELECT fingerprint FROM replay) AS replayed_fingerprint,
        EXISTS (SELECT FROM todos WHERE id = %(id)s AND user_id = %(user)s) AS found
+FROM (VALUES (true)) AS outcome LEFT JOIN answer ON true  -- one row, answer or none
 """
 NOT_REPLAYED = "NOT EXISTS (SELECT FROM replay)"
 
@@ -103,12 +113,14 @@ async def write_once(
         if error.diag.constraint_name == "idempotency_keys_pkey":
             raise KeyInFlight from None
         raise
-    if replay := row["replay"]:
+    replayed = row.pop("replayed_fingerprint")
+    found = row.pop("found")
+    if replayed is not None:
         assert key is not None
-        if replay["fingerprint"] != key.fingerprint:
+        if replayed != key.fingerprint:
             raise KeyReused
-        return Outcome(replay["response"], replayed=True, found=True)
-    return Outcome(row["written"], replayed=False, found=row["found"])
+        return Outcome(row, replayed=True, found=True)
+    return Outcome(row if row["id"] is not None else None, replayed=False, found=found)
 
 
 # Run with no user, and reading no column: only the expiry policy in policies.sql lets a row

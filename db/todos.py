@@ -1,5 +1,6 @@
 """The todo operations. Each is one transaction; each statement also filters by the caller's
-user_id, so isolation holds in this code as well as in the policies."""
+user_id, so isolation holds in this code as well as in the policies. The database writes each
+answer's JSON (db.responses), and the API sends it as it is."""
 
 import base64
 from dataclasses import dataclass
@@ -8,8 +9,9 @@ from uuid import UUID
 
 from psycopg import sql
 
+from db import responses
 from db.idempotency import NOT_REPLAYED, Key, Outcome, write_once
-from db.models import TodoCreate, TodoList, TodoPublic, TodoUpdate
+from db.models import TodoCreate, TodoUpdate
 from db.transaction import Statement, Transaction
 
 COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at"
@@ -31,18 +33,18 @@ class PreconditionFailed(Exception):
 
 @dataclass(frozen=True)
 class Saved:
-    """A todo and its version: as stored now, or as a replayed answer recorded them."""
+    """A todo's id, version and JSON: as stored now, or as a replayed answer recorded them."""
 
-    todo: TodoPublic
+    id: UUID
     version: int
+    body: str
     replayed: bool = False
 
 
 def _saved(outcome: Outcome) -> Saved:
     if outcome.answer is None:
         raise PreconditionFailed if outcome.found else NotFound
-    todo = TodoPublic.model_validate(outcome.answer)
-    return Saved(todo, outcome.answer["version"], outcome.replayed)
+    return Saved(**outcome.answer, replayed=outcome.replayed)
 
 
 # If-Match: `versions` is None for no condition (or `*`), else the versions it names.
@@ -62,13 +64,9 @@ class Page:
     after: Position | None = None
 
 
-def encode_cursor(todo: TodoPublic) -> str:
-    raw = f"{todo.created_at.isoformat()}|{todo.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
 def decode_cursor(cursor: str) -> Position:
-    """The (created_at, id) position a cursor stands for; ValueError when it is not one of ours."""
+    """The (created_at, id) position a cursor (db.responses.cursor) stands for; ValueError when
+    it is not one of ours."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, todo_id = raw.split("|")
@@ -93,35 +91,47 @@ async def create(tx: Transaction, todo: TodoCreate, key: Key | None = None) -> S
 
 
 async def get(tx: Transaction, todo_id: UUID) -> Saved:
-    query = f"SELECT {VERSIONED} FROM todos WHERE id = %s AND user_id = %s"
+    query = (
+        f"SELECT id, version, {responses.todo('todos')}::text AS body FROM todos"
+        " WHERE id = %s AND user_id = %s"
+    )
     rows = await tx.fetch(Statement("get todo", query, (todo_id, tx.user_id)))
     if not rows:
         raise NotFound
-    return Saved(TodoPublic.model_validate(rows[0]), rows[0]["version"])
+    return Saved(**rows[0])
 
 
-async def list_(tx: Transaction, page: Page) -> TodoList:
-    where = ["user_id = %s"]
-    params: list[object] = [tx.user_id]
+async def list_(tx: Transaction, page: Page) -> str:
+    """A page of todos, as the JSON of TodoList."""
+    where = ["user_id = %(user)s"]
+    params: dict[str, object] = {"user": tx.user_id, "limit": page.limit}
     if page.completed is not None:
-        where.append("is_completed = %s")
-        params.append(page.completed)
+        where.append("is_completed = %(completed)s")
+        params["completed"] = page.completed
     if page.after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(page.after)
-    query = (
-        f"SELECT {COLUMNS} FROM todos WHERE {' AND '.join(where)}"
-        " ORDER BY created_at DESC, id DESC LIMIT %s"
-    )
-    params.append(page.limit + 1)  # one more than asked tells whether a next page exists
-
-    rows = await tx.fetch(Statement("list todos", query, params))
-    items = [TodoPublic.model_validate(row) for row in rows]
-    next_cursor = None
-    if len(items) > page.limit:
-        items = items[: page.limit]
-        next_cursor = encode_cursor(items[-1])
-    return TodoList(items=items, count=len(items), next_cursor=next_cursor)
+        where.append("(created_at, id) < (%(created_at)s, %(id)s)")
+        params["created_at"], params["id"] = page.after
+    # One more than asked tells whether a next page exists.
+    query = f"""
+WITH found AS (
+    SELECT {COLUMNS} FROM todos WHERE {" AND ".join(where)}
+    ORDER BY created_at DESC, id DESC LIMIT %(limit)s + 1
+), page AS (
+    SELECT * FROM found ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+), last AS (
+    SELECT * FROM page ORDER BY created_at, id LIMIT 1
+)
+SELECT row_to_json(list)::text AS body FROM (
+    SELECT ARRAY(SELECT {responses.todo("page")} FROM page ORDER BY created_at DESC, id DESC)
+               AS items,
+           (SELECT count(*) FROM page) AS count,
+           (SELECT {responses.cursor("last")} FROM last
+            WHERE (SELECT count(*) FROM found) > %(limit)s) AS next_cursor
+) AS list
+"""
+    [row] = await tx.fetch(Statement("list todos", query, params))
+    body: str = row["body"]
+    return body
 
 
 async def update(

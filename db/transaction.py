@@ -21,12 +21,16 @@ RUNTIME_ROLE = "todo_app"
 # policies that read them, as PostgREST, Supabase and the Neon Data API name it.
 # The pinned search_path puts pg_temp last: a temporary table that someone with the
 # service's credentials left on a pooled connection cannot shadow `todos` or `users`.
+# TimeZone and DateStyle are pinned because the database writes the responses' timestamps:
+# a role's or database's own settings must not change a byte of them.
 SET_CONTEXT = """
 SELECT set_config('role', %s, true),
        set_config('app.user_id', %s, true),
        set_config('request.jwt.claims', %s, true),
        set_config('statement_timeout', %s, true),
-       set_config('search_path', 'public, pg_temp', true)
+       set_config('search_path', 'public, pg_temp', true),
+       set_config('TimeZone', 'UTC', true),
+       set_config('DateStyle', 'ISO, YMD', true)
 """
 
 
@@ -61,6 +65,7 @@ class Transaction:
         caller: Caller,
         statement_timeout_ms: int,
         tracer: trace.Tracer | None = None,  # None: no spans
+        read_only: bool = False,
     ):
         self.pool = pool
         self.caller = caller
@@ -68,6 +73,8 @@ class Transaction:
         self.tracer = tracer
         self.elapsed_s = 0.0  # waiting for a connection, and the round trip
         self._context = context(statement_timeout_ms, str(caller.user_id), caller.claims)
+        # A read-only transaction refuses every write, whatever its statements say.
+        self._begin = "BEGIN READ ONLY" if read_only else "BEGIN"
 
     async def fetch(self, *statements: Statement) -> list[dict[str, Any]]:
         """Run the statements in one transaction and return the rows of the last one.
@@ -110,7 +117,7 @@ class Transaction:
             try:
                 # Explicit BEGIN/COMMIT: conn.transaction() would sync the pipeline at both ends.
                 async with conn.pipeline():
-                    await conn.execute("BEGIN")
+                    await conn.execute(self._begin)
                     await conn.execute(SET_CONTEXT, self._context)
                     for _, sql, params in statements:
                         cursor = conn.cursor(row_factory=dict_row)
