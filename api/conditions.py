@@ -3,7 +3,7 @@
 import re
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Header
 
 from db.todos import Versions
 
@@ -22,24 +22,32 @@ def _tags(header: str) -> list[tuple[bool, int]]:
     return [(bool(tag[1]), int(tag[2])) for tag in found if tag]
 
 
-async def if_match(
-    header: Annotated[
-        str | None,
-        Header(
-            alias="If-Match",
-            description="Change the todo only if its ETag is one of these (or `*`: if it"
-            " exists); otherwise 412 and nothing changes.",
-        ),
-    ] = None,
-) -> Versions:
+# The two headers are handler parameters rather than dependencies: FastAPI's cost per
+# dependency is a sizeable part of a request's CPU (docs/performance.md).
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="Change the todo only if its ETag is one of these (or `*`: if it"
+        " exists); otherwise 412 and nothing changes.",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        description="304 Not Modified, without a body, when the todo's ETag is one of these"
+        " (or `*`).",
+    ),
+]
+
+
+def versions(if_match: str | None) -> Versions:
     """The versions a write may change: None for any (no header, or `*`). Comparison is
     strong, so a weak tag never matches."""
-    if header is None or header.strip() == "*":
+    if if_match is None or if_match.strip() == "*":
         return None
-    return [version for weak, version in _tags(header) if not weak]
-
-
-IfMatchDep = Annotated[Versions, Depends(if_match)]
+    return [version for weak, version in _tags(if_match) if not weak]
 
 
 class Cached:
@@ -52,19 +60,3 @@ class Cached:
     def has(self, version: int) -> bool:
         # Weak comparison: W/"3" names version 3 as well as "3" does.
         return self.any or version in self.versions
-
-
-async def if_none_match(
-    header: Annotated[
-        str | None,
-        Header(
-            alias="If-None-Match",
-            description="304 Not Modified, without a body, when the todo's ETag is one of these"
-            " (or `*`).",
-        ),
-    ] = None,
-) -> Cached:
-    return Cached(header)
-
-
-IfNoneMatchDep = Annotated[Cached, Depends(if_none_match)]

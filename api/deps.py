@@ -5,6 +5,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
+from opentelemetry import trace
 from pydantic import BeforeValidator
 
 from api import metrics
@@ -37,8 +38,10 @@ def _utf8_json(body: bytes) -> bool:
     return b"\x00" not in body
 
 
-async def caller(request: Request, _: Annotated[None, Depends(well_formed)]) -> Caller:
-    """Who is calling, as the configured identity mode (api.identity) establishes it."""
+async def caller(request: Request) -> Caller:
+    """Who is calling, as the configured identity mode (api.identity) establishes it, once the
+    request is one a handler may read."""
+    await well_formed(request)
     identity: Identity = request.app.state.identity
     exchange = exchange_of(request.scope)
     started = time.perf_counter()
@@ -53,16 +56,17 @@ async def caller(request: Request, _: Annotated[None, Depends(well_formed)]) -> 
     return caller
 
 
-CallerDep = Annotated[Caller, Depends(caller)]
-
-
-async def transaction(request: Request, caller: CallerDep) -> Transaction:
+async def transaction(request: Request) -> Transaction:
+    """The one dependency every todo endpoint shares (FastAPI resolves it once per request): who
+    is calling, and the transaction that acts for them."""
     state = request.app.state
+    # A child of a request span that is not sampled is not recorded either: make none.
+    tracer = state.tracer if trace.get_current_span().is_recording() else None
     tx = Transaction(
         state.pool,
-        caller,
+        await caller(request),
         state.settings.db_statement_timeout_ms,
-        state.tracer,
+        tracer,
         read_only=request.method == "GET",  # as PostgREST: a read can never write
     )
     exchange_of(request.scope).transaction = tx
@@ -88,7 +92,7 @@ def _true_or_false(value: object) -> object:
 
 async def page(
     # Unused here, but required: a missing or bad caller is reported before a bad cursor.
-    _: CallerDep,
+    _: TxDep,
     completed: Annotated[
         bool | None,
         Query(description="`true`: only completed todos; `false`: only open ones."),
@@ -127,7 +131,7 @@ KEY_PATTERN = rf"^(?:[\x21\x23-\x7e][\x21-\x7e]{{0,254}}|{QUOTED_KEY})$"
 
 async def idempotency_key(
     request: Request,
-    _: CallerDep,  # who is calling is reported first
+    _: TxDep,  # who is calling is reported first
     value: Annotated[
         str | None,
         Header(

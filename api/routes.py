@@ -7,7 +7,7 @@ import psycopg
 from fastapi import APIRouter, Request, Response
 
 from api import metrics
-from api.conditions import IfMatchDep, IfNoneMatchDep, etag
+from api.conditions import Cached, IfMatch, IfNoneMatch, etag, versions
 from api.deps import KeyDep, PageDep, TxDep
 from api.errors import RETRY_AFTER_S, ApiError, responses
 from db import safety, todos
@@ -85,9 +85,9 @@ async def list_todos(tx: TxDep, page: PageDep) -> Response:
     response_model=TodoPublic,
     responses=responses(*COMMON, 404) | success(200, "ETag") | NOT_MODIFIED,
 )
-async def get_todo(todo_id: UUID, tx: TxDep, cached: IfNoneMatchDep) -> Response:
+async def get_todo(todo_id: UUID, tx: TxDep, if_none_match: IfNoneMatch = None) -> Response:
     saved = await todos.get(tx, todo_id)
-    if cached.has(saved.version):
+    if Cached(if_none_match).has(saved.version):
         return Response(status_code=304, headers={"ETag": etag(saved.version)})
     return send(saved)
 
@@ -102,16 +102,16 @@ async def update_todo(
     todo_id: UUID,
     body: TodoUpdate,
     tx: TxDep,
-    versions: IfMatchDep,
     key: KeyDep,
+    if_match: IfMatch = None,
 ) -> Response:
     """Changes only the fields sent; `{}` changes nothing."""
-    return send(await todos.update(tx, todo_id, body, versions, key))
+    return send(await todos.update(tx, todo_id, body, versions(if_match), key))
 
 
 @router.delete("/{todo_id}", status_code=204, responses=responses(*COMMON, 404, 412))
-async def delete_todo(todo_id: UUID, tx: TxDep, versions: IfMatchDep) -> Response:
-    await todos.delete(tx, todo_id, versions)
+async def delete_todo(todo_id: UUID, tx: TxDep, if_match: IfMatch = None) -> Response:
+    await todos.delete(tx, todo_id, versions(if_match))
     return Response(status_code=204)
 
 
