@@ -68,6 +68,9 @@ def create_app(
         lifespan=lifespan,
         # `/api/v1/todos/` is an unknown path (404), not a redirect built from `Host`.
         redirect_slashes=False,
+        # api.observability makes the spans, metrics and logs; FastAPI's own would double
+        # them under a global OpenTelemetry provider, and checks for one on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.identity = caller_identity
