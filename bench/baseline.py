@@ -8,6 +8,7 @@ the service. Serve it with
     NEON_DATABASE_URL=... uvicorn bench.baseline:create_app --factory --port 8001
 """
 
+import base64
 import os
 from typing import Annotated
 from uuid import UUID
@@ -20,13 +21,18 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from db.connection import sqlalchemy_url
 from db.models import Todo, TodoList, TodoPublic
-from db.todos import encode_cursor
 
 SET_CONTEXT = text(
     "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', :user_id, true)"
 )
 
 UserId = Annotated[UUID, Header(alias="X-User-ID")]
+
+
+def encode_cursor(todo: TodoPublic) -> str:
+    """The next page starts after this todo: its (created_at, id), base64url without padding."""
+    raw = f"{todo.created_at.isoformat()}|{todo.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def create_app() -> FastAPI:
