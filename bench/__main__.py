@@ -32,13 +32,14 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import psutil
 import psycopg
 
 from api.cli import migrate
-from db.todos import COLUMNS
+from db import todos
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' modules import each other by name
@@ -254,11 +255,8 @@ def list_plan(url: str) -> list[str]:
             "SELECT set_config('role', 'todo_app', true), set_config('app.user_id', %s, true)",
             (user_id(1),),
         )
-        rows = conn.execute(
-            f"EXPLAIN (ANALYZE, BUFFERS) SELECT {COLUMNS} FROM todos WHERE user_id = %s"
-            " ORDER BY created_at DESC, id DESC LIMIT %s",
-            (user_id(1), 51),
-        )
+        _, query, params = todos.list_statement(UUID(user_id(1)), todos.Page(limit=50))
+        rows = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {query}", params)
         return [line for (line,) in rows]
 
 

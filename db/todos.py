@@ -101,10 +101,10 @@ async def get(tx: Transaction, todo_id: UUID) -> Saved:
     return Saved(**rows[0])
 
 
-async def list_(tx: Transaction, page: Page) -> str:
-    """A page of todos, as the JSON of TodoList."""
+def list_statement(user_id: UUID, page: Page) -> Statement:
+    """The statement that writes a page of `user_id`'s todos as the JSON of TodoList."""
     where = ["user_id = %(user)s"]
-    params: dict[str, object] = {"user": tx.user_id, "limit": page.limit}
+    params: dict[str, object] = {"user": user_id, "limit": page.limit}
     if page.completed is not None:
         where.append("is_completed = %(completed)s")
         params["completed"] = page.completed
@@ -129,7 +129,12 @@ SELECT row_to_json(list)::text AS body FROM (
             WHERE (SELECT count(*) FROM found) > %(limit)s) AS next_cursor
 ) AS list
 """
-    [row] = await tx.fetch(Statement("list todos", query, params))
+    return Statement("list todos", query, params)
+
+
+async def list_(tx: Transaction, page: Page) -> str:
+    """A page of todos, as the JSON of TodoList."""
+    [row] = await tx.fetch(list_statement(tx.user_id, page))
     body: str = row["body"]
     return body
 
