@@ -55,6 +55,21 @@ DELETE FROM idempotency_keys
 WHERE user_id = %(user)s AND key = %(key)s AND created_at <= now() - interval '24 hours'
 """
 
+# What a write returns, and so what an answer is recorded with (to_jsonb of that row). A
+# replay reads it back with these types, never with the table's row type: columns added to
+# todos since, or changed, do not touch answers recorded before.
+RECORDED = {
+    "id": "uuid",
+    "version": "bigint",
+    "user_id": "uuid",
+    "title": "text",
+    "description": "text",
+    "is_completed": "boolean",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+}
+ANSWER = ", ".join(RECORDED)
+
 # Every write runs inside this statement. `replay` is the answer already recorded under the
 # request's key (nothing without a key), and {write} must not run when there is one; the
 # answer of a write that runs is recorded under the key in the same statement, as the row
@@ -62,7 +77,6 @@ WHERE user_id = %(user)s AND key = %(key)s AND created_at <= now() - interval '2
 # racing the original sees no answer yet and writes too, but its insert into
 # idempotency_keys waits for the original to commit and then violates the primary key,
 # which rolls back everything it wrote.
-ANSWER = "id, version, user_id, title, description, is_completed, created_at, updated_at"
 ONCE = f"""
 WITH replay AS (
     SELECT fingerprint, response FROM idempotency_keys
@@ -76,7 +90,8 @@ WITH replay AS (
 ), answer AS (
     SELECT {ANSWER} FROM written
     UNION ALL
-    SELECT {ANSWER} FROM replay, jsonb_populate_record(NULL::todos, replay.response)
+    SELECT {ANSWER} FROM replay, jsonb_to_record(replay.response)
+        AS stored({", ".join(f"{name} {type_}" for name, type_ in RECORDED.items())})
 )
 SELECT answer.id, answer.version, {responses.todo("answer")}::text AS body,
        (SELECT fingerprint FROM replay) AS replayed_fingerprint,

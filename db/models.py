@@ -157,6 +157,9 @@ class TodoPublic(BaseModel):  # pydantic's own validation: 4x faster per row tha
     created_at: datetime
     updated_at: datetime
 
+    # The database writes the responses (db/responses.py), as this serializer wrote them;
+    # it still tells /openapi.json that a timestamp is a string, and tests/test_json_contract.py
+    # holds the database to it.
     @field_serializer("created_at", "updated_at")
     def _in_utc(self, value: datetime) -> str:
         return value.astimezone(UTC).isoformat()

@@ -92,6 +92,19 @@ def test_replay_after_a_patch_is_still_the_original_answer(client, user, sql):
     assert todo_count(sql, user) == 1
 
 
+def test_an_answer_is_replayed_after_the_table_gains_a_column(make_database):
+    """A recorded answer is read back with its own columns' types, not the table's row type:
+    a column added since (here one that cannot be null) does not break its replay."""
+    url = make_database()
+    user = new_user()
+    with app_client(url) as client:
+        first = post(client, user, "k")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE DOMAIN priority AS integer NOT NULL DEFAULT 0")
+            conn.execute("ALTER TABLE todos ADD COLUMN priority priority")
+        assert_replay_of(post(client, user, "k"), first)
+
+
 @pytest.mark.parametrize("if_match", [{}, {"If-Match": '"1"'}], ids=["plain", "if-match"])
 def test_keyed_patch_is_replayed_even_with_its_now_stale_if_match(client, user, if_match):
     url = f"{TODOS}/{create(client, user)['id']}"
