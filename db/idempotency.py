@@ -42,8 +42,7 @@ class KeyInFlight(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    # id, version and body (JSON) of the todo written, or of the recorded answer; None: nothing
-    # was written
+    # id, version and body (JSON) of the todo written, or of the recorded one; None: nothing
     answer: dict[str, Any] | None
     replayed: bool
     found: bool  # whether the todo the write targets exists (for 404 versus 412)
@@ -69,14 +68,14 @@ RECORDED = {
     "updated_at": "timestamptz",
 }
 ANSWER = ", ".join(RECORDED)
+AS_RECORDED = ", ".join(f"{name} {type_}" for name, type_ in RECORDED.items())
 
 # Every write runs inside this statement. `replay` is the answer already recorded under the
 # request's key (nothing without a key), and {write} must not run when there is one; the
-# answer of a write that runs is recorded under the key in the same statement, as the row
-# (to_jsonb), and the body is written from it again on a replay. A duplicate
-# racing the original sees no answer yet and writes too, but its insert into
-# idempotency_keys waits for the original to commit and then violates the primary key,
-# which rolls back everything it wrote.
+# answer of a write that runs is recorded under the key in the same statement, as its row,
+# and a replay writes the body from that row again. A duplicate racing the original sees no
+# answer yet and writes too, but its insert into idempotency_keys waits for the original to
+# commit and then violates the primary key, which rolls back everything it wrote.
 ONCE = f"""
 WITH replay AS (
     SELECT fingerprint, response FROM idempotency_keys
@@ -91,7 +90,7 @@ WITH replay AS (
     SELECT {ANSWER} FROM written
     UNION ALL
     SELECT {ANSWER} FROM replay, jsonb_to_record(replay.response)
-        AS stored({", ".join(f"{name} {type_}" for name, type_ in RECORDED.items())})
+        AS stored({AS_RECORDED})
 )
 SELECT answer.id, answer.version, {responses.todo("answer")}::text AS body,
        (SELECT fingerprint FROM replay) AS replayed_fingerprint,
