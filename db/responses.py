@@ -4,13 +4,10 @@ TODO_FIELDS = ("id", "user_id", "title", "description", "is_completed")
 
 
 def timestamp(column: str) -> str:
-    """`column` as Python's isoformat() writes a UTC datetime, as the API always has: microseconds
-    only when there are some, and the offset of the TimeZone the context pins (+00:00)."""
-    return (
-        f"to_char({column}, 'YYYY-MM-DD\"T\"HH24:MI:SS'"
-        f" || CASE WHEN date_trunc('second', {column}) = {column} THEN '' ELSE '.US' END"
-        " || 'TZH:TZM')"
-    )
+    """`column` as Python's isoformat() writes a UTC datetime, as the API always has: six digits
+    of microseconds, none when they are all zero, and the offset of the TimeZone the context
+    pins (+00:00). PostgreSQL's own JSON of a timestamp trims trailing zeros instead."""
+    return f"replace(to_char({column}, 'YYYY-MM-DD\"T\"HH24:MI:SS.USTZH:TZM'), '.000000+', '+')"
 
 
 def todo(row: str) -> str:
