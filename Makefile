@@ -26,6 +26,6 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Benchmarks (needs wrk: apt-get install wrk); see docs/performance.md.
+# Benchmarks (needs wrk and pgbouncer: apt-get install wrk pgbouncer); see docs/performance.md.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
