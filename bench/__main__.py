@@ -43,7 +43,7 @@ from db import todos
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' modules import each other by name
-from cluster import PrivateCluster, free_port  # noqa: E402
+from cluster import PrivateCluster, free_port, pgbouncer_config  # noqa: E402
 from issuer import ISSUER  # noqa: E402
 from otlp_sink import otlp_sink  # noqa: E402
 
@@ -367,32 +367,13 @@ class Processes(ExitStack):
         return Server(self.start(name, command, port, NEON_DATABASE_URL=url), port)
 
     def pgbouncer(self, name: str, cluster: PrivateCluster, database: str) -> tuple[int, str]:
-        """PgBouncer in transaction mode in front of `cluster`, as tests/test_pgbouncer.py
-        runs it: as the cluster's OS user (it refuses to run as root), trusting `postgres`.
-        Its pid and the URL of `database` through it."""
+        """PgBouncer in front of `cluster` (tests/cluster.py's config, as tests/test_pgbouncer.py
+        runs it), as the cluster's OS user. Its pid and the URL of `database` through it."""
         program = shutil.which("pgbouncer")
         if not program:
             sys.exit("bench: needs pgbouncer (apt-get install -y pgbouncer)")
         port = free_port()
-        # In the cluster's root directory, which belongs to the user PgBouncer runs as.
-        auth_file = cluster.root / "pgbouncer-users.txt"
-        auth_file.write_text('"postgres" ""\n')
-        config = cluster.root / "pgbouncer.ini"
-        config.write_text(
-            f"""\
-[databases]
-* = host=127.0.0.1 port={cluster.port}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {auth_file}
-pool_mode = transaction
-default_pool_size = {PGBOUNCER_POOL}
-max_client_conn = 200
-"""
-        )
+        config = pgbouncer_config(cluster, program, port, PGBOUNCER_POOL)
         process = self.start(name, [program, str(config)], port, as_user=cluster.user)
         return process.pid, f"postgresql://postgres@127.0.0.1:{port}/{database}"
 

@@ -163,6 +163,36 @@ def migrated_cluster() -> Iterator[PrivateCluster]:
         cluster.destroy()
 
 
+def pgbouncer_config(cluster: PrivateCluster, program: str, port: int, pool_size: int) -> Path:
+    """The config file of a PgBouncer in transaction mode on `port` in front of `cluster`,
+    trusting `postgres`; written, with its auth file, into the cluster's root directory, which
+    belongs to the user PgBouncer runs as (it refuses to run as root)."""
+    auth_file = cluster.root / "pgbouncer-users.txt"
+    auth_file.write_text('"postgres" ""\n')
+    version = subprocess.run([program, "--version"], capture_output=True, text=True, check=True)
+    major_minor = tuple(int(part) for part in version.stdout.split()[1].split(".")[:2])
+    config = f"""\
+[databases]
+* = host=127.0.0.1 port={cluster.port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {auth_file}
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 200
+"""
+    # PgBouncer 1.21+ can track prepared statements (1.18 does not know, and refuses, this
+    # setting): keep it off, so this is the pooler that DB_PREPARED_STATEMENTS exists for.
+    if major_minor >= (1, 21):
+        config += "max_prepared_statements = 0\n"
+    path = cluster.root / "pgbouncer.ini"
+    path.write_text(config)
+    return path
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
     process.terminate()

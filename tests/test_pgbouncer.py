@@ -20,7 +20,15 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from cluster import PrivateCluster, free_port, migrated_cluster, require, stop_process, wait_until
+from cluster import (
+    PrivateCluster,
+    free_port,
+    migrated_cluster,
+    pgbouncer_config,
+    require,
+    stop_process,
+    wait_until,
+)
 from conftest import app_client, app_settings, id_of, new_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -37,29 +45,6 @@ ROUNDS = 4  # per user: create one todo, then list them all
 PREPARE_RUNS = 10  # well past psycopg's prepare threshold of 5
 
 
-def pgbouncer_config(program: str, backend_port: int, port: int, auth_file: str) -> str:
-    version = subprocess.run([program, "--version"], capture_output=True, text=True, check=True)
-    major_minor = tuple(int(part) for part in version.stdout.split()[1].split(".")[:2])
-    config = f"""\
-[databases]
-* = host=127.0.0.1 port={backend_port}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {auth_file}
-pool_mode = transaction
-default_pool_size = {SERVER_CONNECTIONS}
-max_client_conn = 200
-"""
-    # PgBouncer 1.21+ can track prepared statements (1.18 does not know, and refuses, this
-    # setting): keep it off, so this is the pooler that DB_PREPARED_STATEMENTS exists for.
-    if major_minor >= (1, 21):
-        config += "max_prepared_statements = 0\n"
-    return config
-
-
 @pytest.fixture(scope="module")
 def backend() -> Iterator[PrivateCluster]:
     """A private cluster, migrated directly (not through pgbouncer)."""
@@ -73,11 +58,7 @@ def bouncer_url(backend: PrivateCluster) -> Iterator[str]:
     program = shutil.which("pgbouncer")
     require(program, "pgbouncer")
     port = free_port()
-    # The cluster's root directory belongs to the user pgbouncer runs as (when root).
-    auth_file = backend.root / "pgbouncer-users.txt"
-    auth_file.write_text('"postgres" ""\n')
-    config = backend.root / "pgbouncer.ini"
-    config.write_text(pgbouncer_config(program, backend.port, port, str(auth_file)))
+    config = pgbouncer_config(backend, program, port, SERVER_CONNECTIONS)
     log = backend.root / "pgbouncer.log"
     as_user = {"user": backend.user, "group": backend.user} if backend.user else {}
     with open(log, "w") as output:
