@@ -54,18 +54,19 @@ DELETE FROM idempotency_keys
 WHERE user_id = %(user)s AND key = %(key)s AND created_at <= now() - interval '24 hours'
 """
 
-# What a write returns, and so what an answer is recorded with (to_jsonb of that row). A
-# replay reads it back with these types, never with the table's row type: columns added to
-# todos since, or changed, do not touch answers recorded before.
+# What every write returns (db.todos: RETURNING {ANSWER}), and so what an answer is recorded
+# with (to_jsonb of that row). A replay reads it back with these types, never with the
+# table's row type: columns added to todos since, or changed, do not touch answers recorded
+# before.
 RECORDED = {
     "id": "uuid",
-    "version": "bigint",
     "user_id": "uuid",
     "title": "text",
     "description": "text",
     "is_completed": "boolean",
     "created_at": "timestamptz",
     "updated_at": "timestamptz",
+    "version": "bigint",
 }
 ANSWER = ", ".join(RECORDED)
 AS_RECORDED = ", ".join(f"{name} {type_}" for name, type_ in RECORDED.items())

@@ -10,12 +10,11 @@ from uuid import UUID
 from psycopg import sql
 
 from db import responses
-from db.idempotency import NOT_REPLAYED, Key, Outcome, write_once
+from db.idempotency import ANSWER, NOT_REPLAYED, Key, Outcome, write_once
 from db.models import TodoCreate, TodoUpdate
 from db.transaction import Statement, Transaction
 
 COLUMNS = "id, user_id, title, description, is_completed, created_at, updated_at"
-VERSIONED = f"{COLUMNS}, version"
 
 # A user's row is created by their first write, in the same transaction.
 ENSURE_USER = (
@@ -82,7 +81,7 @@ async def create(tx: Transaction, todo: TodoCreate, key: Key | None = None) -> S
     insert = sql.SQL(
         f"INSERT INTO todos (user_id, title, description, is_completed)"
         f" SELECT %(user)s, %(title)s, %(description)s, %(is_completed)s WHERE {NOT_REPLAYED}"
-        f" RETURNING {VERSIONED}"
+        f" RETURNING {ANSWER}"
     )
     user = (tx.user_id, tx.caller.issuer, tx.caller.subject)
     params = {**todo.model_dump(), "id": None}
@@ -157,15 +156,15 @@ async def update(
             for name in fields
         )
         write = sql.SQL("UPDATE todos SET {} WHERE {} RETURNING {}").format(
-            assignments, target, sql.SQL(VERSIONED)
+            assignments, target, sql.SQL(ANSWER)
         )
     else:  # `{}` changes nothing, not even updated_at or the version
-        write = sql.SQL("SELECT {} FROM todos WHERE {}").format(sql.SQL(VERSIONED), target)
+        write = sql.SQL("SELECT {} FROM todos WHERE {}").format(sql.SQL(ANSWER), target)
     params = {**fields, "id": todo_id, "versions": versions}
     return _saved(await write_once(tx, "update todo", write, params, key))
 
 
 async def delete(tx: Transaction, todo_id: UUID, versions: Versions = None) -> None:
     """As update: the condition is part of the DELETE, which tells 404 from 412 as well."""
-    write = sql.SQL(f"DELETE FROM todos WHERE {TARGET} RETURNING {VERSIONED}")
+    write = sql.SQL(f"DELETE FROM todos WHERE {TARGET} RETURNING {ANSWER}")
     _saved(await write_once(tx, "delete todo", write, {"id": todo_id, "versions": versions}, None))
